@@ -69,6 +69,10 @@ impl Spacing {
 /// β_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}} (with ᾱ_{τ_0} = 1), so that sampling over S steps is an
 /// exact diffusion process of its own.
 ///
+/// α_i = ᾱ_{τ_i}/ᾱ_{τ_{i−1}} is kept exact; β_i = 1 − α_i can round to 1.0 when a kept step
+/// spans almost all of the signal (α_i < 1e-16), which the samplers tolerate since they
+/// divide by √α, never by 1 − β.
+///
 /// Its [`schedule`](Self::schedule) is indexed by the new step i = 1..=S; the network
 /// must still be told the original timestep, [`original_timestep(i)`](Self::original_timestep).
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,4 @@
+//! One module per subcommand.
+
+pub mod compare_schedules;
+pub mod schedule;

@@ -1,0 +1,60 @@
+//! `ddpm`: train, sample and inspect denoising diffusion probabilistic models.
+//!
+//! A thin binary over the library crates: it parses, configures and reports; the math is in
+//! `ddpm-schedule` and `ddpm-diffusion`, the data in `ddpm-data`.
+
+mod commands;
+mod figures;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use commands::{compare_schedules::CompareSchedulesCommand, schedule::ScheduleCommand};
+
+/// Denoising diffusion probabilistic models on candle.
+#[derive(Debug, Parser)]
+#[command(name = "ddpm", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a noise schedule's coefficients, one row per t = 1..T.
+    Schedule(ScheduleCommand),
+    /// Plot ᾱ_t of the linear and cosine schedules and noise one image with each.
+    CompareSchedules(CompareSchedulesCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Schedule(cmd) => cmd.run(&mut std::io::BufWriter::new(std::io::stdout().lock())),
+        Command::CompareSchedules(cmd) => cmd.run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ddpm schedule | head` closes our stdout early; that is not an error.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
