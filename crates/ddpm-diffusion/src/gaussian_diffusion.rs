@@ -223,3 +223,42 @@ impl Prediction {
         Ok(Self { eps, x0 })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (ε̂, x̂_0) from each objective's output, against the definitions evaluated by hand at
+    /// ᾱ = 0.64 (√ᾱ = 0.8, √(1−ᾱ) = 0.6), x_t = 0.5.
+    #[test]
+    fn objectives_convert_to_eps_and_x0() {
+        let dev = Device::Cpu;
+        let x_t = Tensor::new(&[0.5f32], &dev).unwrap();
+        let out = Tensor::new(&[0.25f32], &dev).unwrap();
+        let get = |t: &Tensor| t.to_vec1::<f32>().unwrap()[0];
+        let p = Prediction::from_model_output(Objective::Epsilon, &x_t, &out, 0.64, false).unwrap();
+        assert!((get(&p.eps) - 0.25).abs() < 1e-7);
+        assert!((get(&p.x0) - (0.5 - 0.6 * 0.25) / 0.8).abs() < 1e-7);
+        let p = Prediction::from_model_output(Objective::X0, &x_t, &out, 0.64, false).unwrap();
+        assert!((get(&p.x0) - 0.25).abs() < 1e-7);
+        assert!((get(&p.eps) - (0.5 - 0.8 * 0.25) / 0.6).abs() < 1e-7);
+        let p = Prediction::from_model_output(Objective::V, &x_t, &out, 0.64, false).unwrap();
+        assert!((get(&p.x0) - (0.8 * 0.5 - 0.6 * 0.25)).abs() < 1e-7);
+        assert!((get(&p.eps) - (0.6 * 0.5 + 0.8 * 0.25)).abs() < 1e-7);
+        // v defined from (ε, x_0) round-trips: v = √ᾱ·ε − √(1−ᾱ)·x_0.
+        let v = 0.8 * get(&p.eps) - 0.6 * get(&p.x0);
+        assert!((v - 0.25).abs() < 1e-6);
+    }
+
+    #[test]
+    fn clipping_bounds_x0_and_rederives_eps() {
+        let dev = Device::Cpu;
+        let x_t = Tensor::new(&[0.5f32, 0.1], &dev).unwrap();
+        let out = Tensor::new(&[3.0f32, -0.2], &dev).unwrap();
+        let p = Prediction::from_model_output(Objective::X0, &x_t, &out, 0.64, true).unwrap();
+        assert_eq!(p.x0.to_vec1::<f32>().unwrap(), vec![1.0, -0.2]);
+        let eps = p.eps.to_vec1::<f32>().unwrap();
+        assert!((eps[0] - (0.5 - 0.8) / 0.6).abs() < 1e-6, "{eps:?}");
+        assert!((eps[1] - (0.1 + 0.8 * 0.2) / 0.6).abs() < 1e-6, "{eps:?}");
+    }
+}
