@@ -102,6 +102,15 @@ pub enum DataError {
         searched: Vec<PathBuf>,
     },
 
+    /// A download failed (connection, HTTP status, or a short body).
+    #[error("downloading {url}: {reason}")]
+    Download {
+        /// What was being fetched.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+
     /// An image could not be decoded or encoded.
     #[error("{}: {source}", path.display())]
     Image {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use md5::{Digest, Md5};
 
+use crate::download::download_verified;
 use crate::error::{io_error, DataError, Result};
 use crate::idx::{find_file, read_images, read_labels};
 
@@ -157,6 +158,70 @@ impl IdxDataset {
                 dataset: self.name(),
                 searched: dirs.to_vec(),
             })
+    }
+
+    /// The official download locations (base URLs of the four `.gz` files), tried in order.
+    pub fn mirrors(self) -> &'static [&'static str] {
+        match self {
+            Self::FashionMnist => &["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+            Self::Mnist => &["https://ossci-datasets.s3.amazonaws.com/mnist/"],
+        }
+    }
+
+    /// Downloads the four official files from `base_url` into `dir`, each verified against
+    /// its official md5 before it is moved into place. Files already there and valid are
+    /// kept.
+    pub fn download(self, base_url: &str, dir: &Path) -> Result<()> {
+        for split in [Split::Train, Split::Test] {
+            let (images, labels) = self.file_names(split);
+            for name in [images, labels] {
+                let dest = dir.join(name);
+                if dest.is_file() && self.verify_md5(&dest).is_ok() {
+                    continue;
+                }
+                let md5 = self.official_md5(name).unwrap_or_default();
+                let url = format!("{}/{name}", base_url.trim_end_matches('/'));
+                download_verified(&url, &dest, md5)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory holding `split`: the first of [`search_dirs`](Self::search_dirs)
+    /// followed by `extra_dirs`; if none has it and `download` is set, the files are fetched
+    /// into the cache from `$DDPM_DATA_MIRROR` or the official mirrors.
+    pub fn locate_or_download(
+        self,
+        explicit: Option<&Path>,
+        extra_dirs: &[PathBuf],
+        split: Split,
+        download: bool,
+    ) -> Result<PathBuf> {
+        let mut dirs = self.search_dirs(explicit);
+        dirs.extend_from_slice(extra_dirs);
+        let not_found = match self.locate_in(&dirs, split) {
+            Ok(dir) => return Ok(dir),
+            Err(err) => err,
+        };
+        let Some(cache) = cache_dir().filter(|_| download) else {
+            return Err(not_found);
+        };
+        let dest = cache.join(self.name());
+        let mirrors: Vec<String> = match std::env::var("DDPM_DATA_MIRROR") {
+            Ok(url) if !url.is_empty() => vec![url],
+            _ => self.mirrors().iter().map(|s| s.to_string()).collect(),
+        };
+        let mut last_error = not_found;
+        for mirror in &mirrors {
+            match self.download(mirror, &dest) {
+                Ok(()) => return Ok(dest),
+                Err(err) => {
+                    tracing::warn!(mirror, error = %err, "download failed");
+                    last_error = err;
+                }
+            }
+        }
+        Err(last_error)
     }
 
     /// Loads `split` from `dir`. With `verify`, official `.gz` files are checked against
