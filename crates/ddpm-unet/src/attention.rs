@@ -1,0 +1,89 @@
+//! Spatial self-attention (Ho et al. 2020 use it at 16×16), diffusers' `Attention` as built
+//! for UNet2DModel's blocks: GroupNorm, one linear map each for q, k, v and the output,
+//! a residual connection.
+
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::{GroupNorm, Linear, VarBuilder};
+
+/// out = x + to_out(softmax(q·kᵀ/√d)·v) over the H·W positions, with q, k, v linear maps of
+/// group_norm(x) and `heads` heads of d = C/heads channels.
+#[derive(Debug, Clone)]
+pub struct SpatialAttention {
+    group_norm: GroupNorm,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    span: tracing::Span,
+}
+
+impl SpatialAttention {
+    /// Attention over `channels` channels in heads of `head_dim`, weights under `vb`
+    /// (`group_norm`, `to_q`, `to_k`, `to_v`, `to_out.0`).
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        head_dim: usize,
+        groups: usize,
+        eps: f64,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            group_norm: candle_nn::group_norm(groups, channels, eps, vb.pp("group_norm"))?,
+            to_q: candle_nn::linear(channels, channels, vb.pp("to_q"))?,
+            to_k: candle_nn::linear(channels, channels, vb.pp("to_k"))?,
+            to_v: candle_nn::linear(channels, channels, vb.pp("to_v"))?,
+            to_out: candle_nn::linear(channels, channels, vb.pp("to_out").pp("0"))?,
+            heads: channels / head_dim,
+            span: tracing::span!(tracing::Level::TRACE, "attention"),
+        })
+    }
+}
+
+/// softmax over the last dimension, written with ops that all have a backward pass
+/// (candle 0.11's fused `softmax_last_dim` records none). The shift by the row maximum is
+/// detached: softmax does not depend on it, so neither does its gradient.
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+impl Module for SpatialAttention {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _enter = self.span.enter();
+        let (b, c, h, w) = x.dims4()?;
+        let (heads, d) = (self.heads, c / self.heads);
+        // `.contiguous()` is load-bearing: candle 0.11's Linear (a broadcast matmul) returns
+        // wrong numbers, without an error, for this transposed 3-D layout.
+        let tokens = self
+            .group_norm
+            .forward(x)?
+            .reshape((b, c, h * w))?
+            .transpose(1, 2)?
+            .contiguous()?; // (B, HW, C)
+        let split = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((b, h * w, heads, d))?
+                .transpose(1, 2)?
+                .contiguous() // (B, heads, HW, d)
+        };
+        let q = split(self.to_q.forward(&tokens)?)?;
+        let k = split(self.to_k.forward(&tokens)?)?;
+        let v = split(self.to_v.forward(&tokens)?)?;
+        let dtype = q.dtype();
+        // Scores and softmax in f32 even for half-precision models (diffusers' upcast_softmax).
+        let scores = (q
+            .to_dtype(DType::F32)?
+            .matmul(&k.to_dtype(DType::F32)?.t()?)?
+            / (d as f64).sqrt())?;
+        let weights = softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        let attended = weights.matmul(&v)?; // (B, heads, HW, d)
+        let merged = attended.transpose(1, 2)?.reshape((b, h * w, c))?;
+        let out = self
+            .to_out
+            .forward(&merged)?
+            .transpose(1, 2)?
+            .reshape((b, c, h, w))?;
+        x + out
+    }
+}
