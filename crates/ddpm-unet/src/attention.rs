@@ -71,11 +71,13 @@ impl Module for SpatialAttention {
         let k = split(self.to_k.forward(&tokens)?)?;
         let v = split(self.to_v.forward(&tokens)?)?;
         let dtype = q.dtype();
-        // Scores and softmax in f32 even for half-precision models (diffusers' upcast_softmax).
-        let scores = (q
-            .to_dtype(DType::F32)?
-            .matmul(&k.to_dtype(DType::F32)?.t()?)?
-            / (d as f64).sqrt())?;
+        // Scores and softmax in f32 for half-precision models (diffusers' upcast_softmax);
+        // f32 and f64 models keep their own precision.
+        let work = match dtype {
+            DType::F16 | DType::BF16 => DType::F32,
+            other => other,
+        };
+        let scores = (q.to_dtype(work)?.matmul(&k.to_dtype(work)?.t()?)? / (d as f64).sqrt())?;
         let weights = softmax_last_dim(&scores)?.to_dtype(dtype)?;
         let attended = weights.matmul(&v)?; // (B, heads, HW, d)
         let merged = attended.transpose(1, 2)?.reshape((b, h * w, c))?;
