@@ -89,7 +89,7 @@ fn numeric(problem: &Problem, var: &Var, i: usize) -> f64 {
         .unwrap()
         .to_vec1::<f64>()
         .unwrap();
-    let mut shifted = |delta: f64| {
+    let shifted = |delta: f64| {
         let mut v = original.clone();
         v[i] += delta;
         var.set(&Tensor::from_vec(v, var.shape(), var.device()).unwrap())
