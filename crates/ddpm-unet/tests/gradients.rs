@@ -208,16 +208,12 @@ fn upsampling_sums_the_gradients_of_the_copies() {
         .to_vec1::<f64>()
         .unwrap();
     let wv = w.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    for p in 0..6 {
+    for (p, g) in grad.iter().enumerate() {
         let (i, j) = (p / 3, p % 3);
         let want: f64 = (0..2)
             .flat_map(|a| (0..2).map(move |b| (2 * i + a) * 6 + 2 * j + b))
             .map(|k| wv[k])
             .sum();
-        assert!(
-            (grad[p] - want).abs() < 1e-12,
-            "pixel {p}: {} vs {want}",
-            grad[p]
-        );
+        assert!((g - want).abs() < 1e-12, "pixel {p}: {g} vs {want}");
     }
 }
