@@ -58,8 +58,9 @@ pub struct UNetConfig {
     pub flip_sin_to_cos: bool,
     /// Frequencies are exp(−ln(10000)·i/(half − freq_shift)); the DDPM release uses 1.
     pub freq_shift: usize,
-    /// Channels per attention head; `None` gives one head over all channels (the DDPM
-    /// release).
+    /// Channels per attention head; `None` (null in JSON, omitted in TOML) gives one head
+    /// over all channels, as in the DDPM release.
+    #[serde(default)]
     pub attention_head_dim: Option<usize>,
     /// Padding of the stride-2 downsampling convolutions: 1 (all sides) or 0 (diffusers
     /// then pads right and bottom by one, as the DDPM release did).
