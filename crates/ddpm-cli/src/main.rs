@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{compare_schedules::CompareSchedulesCommand, schedule::ScheduleCommand};
+use commands::{
+    bench::BenchCommand, compare_schedules::CompareSchedulesCommand, schedule::ScheduleCommand,
+};
 
 /// Denoising diffusion probabilistic models on candle.
 #[derive(Debug, Parser)]
@@ -26,6 +28,8 @@ enum Command {
     Schedule(ScheduleCommand),
     /// Plot ᾱ_t of the linear and cosine schedules and noise one image with each.
     CompareSchedules(CompareSchedulesCommand),
+    /// Measure speed (`ddpm bench unet`).
+    Bench(BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Schedule(cmd) => cmd.run(&mut std::io::BufWriter::new(std::io::stdout().lock())),
         Command::CompareSchedules(cmd) => cmd.run(),
+        Command::Bench(cmd) => cmd.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -137,3 +137,22 @@ fn overrides_and_bad_input() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn bench_unet_prints_both_timings() {
+    let out = ddpm(&["bench", "unet", "--batch", "2", "--reps", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("2690049 parameters"), "{text}");
+    assert!(
+        text.contains("forward + backward") && text.contains("ms/batch"),
+        "{text}"
+    );
+    let out = ddpm(&["bench", "unet", "--config", "imagenet"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model preset"));
+}

@@ -172,3 +172,51 @@ fn save_and_load_give_bit_identical_outputs() {
         "{err}"
     );
 }
+
+#[test]
+fn half_precision_inference_follows_f32() {
+    // f16 keeps 11 bits of mantissa (relative rounding 2⁻¹¹ ≈ 5e-4 per op); through a few
+    // dozen layers the outputs stay within 0.05 of f32's (which are O(1)). bf16 is not
+    // tested here: candle 0.11's CPU matmul has no bf16 kernel (it runs on CUDA).
+    let dev = Device::Cpu;
+    let cfg = UNetConfig {
+        block_out_channels: vec![16, 32],
+        down_block_types: vec![
+            ddpm_unet::DownBlockKind::DownBlock2D,
+            ddpm_unet::DownBlockKind::AttnDownBlock2D,
+        ],
+        up_block_types: vec![
+            ddpm_unet::UpBlockKind::AttnUpBlock2D,
+            ddpm_unet::UpBlockKind::UpBlock2D,
+        ],
+        attention_head_dim: Some(16),
+        ..UNetConfig::fashion_mnist()
+    };
+    let (unet, varmap) = UNet::init(&cfg, DType::F32, &dev).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    unet.save_diffusers(&varmap, dir.path()).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 1, 8, 8), &dev).unwrap();
+    let t = Tensor::new(&[5u32, 700], &dev).unwrap();
+    let reference = unet.forward(&x, &t, None, false).unwrap();
+    let dtype = DType::F16;
+    let tensors =
+        candle_core::safetensors::load(dir.path().join(ddpm_unet::WEIGHTS_FILE), &dev).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, dtype, &dev);
+    let half = UNet::new(vb, &cfg).unwrap();
+    let out = half
+        .forward(&x.to_dtype(dtype).unwrap(), &t, None, false)
+        .unwrap();
+    assert_eq!(out.dtype(), dtype);
+    let err = (out.to_dtype(DType::F32).unwrap() - &reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    eprintln!("{dtype:?}: max |half − f32| = {err}");
+    assert!(err < 0.05, "{dtype:?}: max error {err}");
+}
