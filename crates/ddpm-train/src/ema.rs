@@ -1,0 +1,66 @@
+//! An exponential moving average of the weights, from which samples are drawn.
+
+use std::collections::HashMap;
+
+use candle_core::{Tensor, Var};
+
+use crate::Result;
+
+/// θ_EMA ← d·θ_EMA + (1 − d)·θ after each step from `start_step` on; before it the average
+/// simply copies the weights (so early, poor weights do not linger). Ho et al. use
+/// d = 0.9999.
+pub struct Ema {
+    decay: f64,
+    start_step: u64,
+    shadow: Vec<(String, Tensor)>,
+}
+
+impl Ema {
+    /// An average of `vars` (name → variable), starting equal to them.
+    pub fn new(vars: &HashMap<String, Var>, decay: f64, start_step: u64) -> Result<Self> {
+        let mut shadow: Vec<(String, Tensor)> = vars
+            .iter()
+            .map(|(name, var)| Ok((name.clone(), var.as_tensor().copy()?)))
+            .collect::<candle_core::Result<_>>()?;
+        shadow.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            decay,
+            start_step,
+            shadow,
+        })
+    }
+
+    /// Folds in the weights after step `step` (1-based).
+    pub fn update(&mut self, vars: &HashMap<String, Var>, step: u64) -> Result<()> {
+        for (name, avg) in &mut self.shadow {
+            let Some(var) = vars.get(name) else { continue };
+            let current = var.as_tensor().detach();
+            *avg = if step < self.start_step {
+                current.copy()?
+            } else {
+                ((&*avg * self.decay)? + (current * (1.0 - self.decay))?)?
+            };
+        }
+        Ok(())
+    }
+
+    /// The averaged weights by name.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.shadow.iter().cloned().collect()
+    }
+
+    /// Replaces the averages (when resuming).
+    pub fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for (name, avg) in &mut self.shadow {
+            if let Some(t) = tensors.get(name) {
+                *avg = t.to_dtype(avg.dtype())?.to_device(avg.device())?;
+            } else {
+                return Err(crate::TrainError::InvalidOption {
+                    name: "EMA state",
+                    reason: format!("missing {name}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}

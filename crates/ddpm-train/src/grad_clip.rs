@@ -1,0 +1,32 @@
+//! Clipping the gradient by its global norm.
+
+use candle_core::backprop::GradStore;
+use candle_core::Var;
+
+use crate::Result;
+
+/// Scales all gradients by min(1, max_norm/(‖g‖ + 1e-6)), where ‖g‖ is the 2-norm of all
+/// of `vars`' gradients together (PyTorch's `clip_grad_norm_`). Returns ‖g‖ before clipping.
+pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
+    let mut total = 0f64;
+    for var in vars {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            total += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+    }
+    let norm = total.sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for var in vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                let scaled = (g * coef)?;
+                grads.insert(var.as_tensor(), scaled);
+            }
+        }
+    }
+    Ok(norm)
+}

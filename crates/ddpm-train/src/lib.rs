@@ -1,0 +1,26 @@
+//! Training machinery for diffusion models on [candle](https://github.com/huggingface/candle),
+//! owned by the project so that every piece of state can be saved and restored:
+//!
+//! - [`AdamW`]: PyTorch's AdamW update, with readable and restorable moments;
+//! - [`clip_grad_norm`]: gradient clipping by global norm;
+//! - [`WarmupSchedule`]: linear learning-rate warm-up;
+//! - [`Ema`]: the exponential moving average of the weights that samples are drawn from;
+//! - [`Checkpoint`]: model, EMA, optimizer, step, data position and RNG state in one
+//!   safetensors file, written atomically.
+#![warn(missing_docs)]
+
+mod adamw;
+mod checkpoint;
+mod ema;
+mod error;
+mod grad_clip;
+mod warmup;
+
+pub use adamw::{AdamW, AdamWConfig};
+pub use checkpoint::{
+    checkpoint_name, list_checkpoints, prune_checkpoints, Checkpoint, TrainingProgress,
+};
+pub use ema::Ema;
+pub use error::{Result, TrainError};
+pub use grad_clip::clip_grad_norm;
+pub use warmup::WarmupSchedule;

@@ -1,0 +1,150 @@
+//! The optimizer, clipping, warm-up and EMA against numbers computed independently:
+//! PyTorch 2.15's `torch.optim.AdamW` and `clip_grad_norm_` on the same inputs (f64), and
+//! hand-evaluated formulas.
+
+use std::collections::HashMap;
+
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+use ddpm_train::{clip_grad_norm, AdamW, AdamWConfig, Ema, WarmupSchedule};
+
+fn var(values: &[f64]) -> Var {
+    Var::from_tensor(&Tensor::new(values, &Device::Cpu).unwrap()).unwrap()
+}
+
+/// A GradStore holding `g` for `v`: the gradient of Σ g·v.
+fn grads_for(pairs: &[(&Var, &[f64])]) -> GradStore {
+    let mut loss = Tensor::new(0f64, &Device::Cpu).unwrap();
+    for (v, g) in pairs {
+        let g = Tensor::new(*g, &Device::Cpu).unwrap();
+        loss = (loss + (v.as_tensor() * g).unwrap().sum_all().unwrap()).unwrap();
+    }
+    loss.backward().unwrap()
+}
+
+fn values(v: &Var) -> Vec<f64> {
+    v.as_tensor().to_vec1::<f64>().unwrap()
+}
+
+#[test]
+fn adamw_matches_pytorch() {
+    let theta = var(&[1.0, -2.0, 0.3]);
+    let config = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    let mut opt = AdamW::new(
+        HashMap::from([("theta".to_string(), theta.clone())]),
+        config,
+    )
+    .unwrap();
+    let grads = [[0.5, -0.1, 0.0], [0.2, 0.3, -1.0], [-0.4, 0.05, 2.0]];
+    // torch.optim.AdamW(lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01), f64.
+    let torch = [
+        [0.89900000199999996, -1.898000009999999, 0.29969999999999997],
+        [
+            0.80824348390092815,
+            -1.9455209911100655,
+            0.37381398130459292,
+        ],
+        [
+            0.78980735472230412,
+            -1.9912891857410102,
+            0.34201155061724142,
+        ],
+    ];
+    for (g, want) in grads.iter().zip(torch) {
+        opt.step(&grads_for(&[(&theta, g)]), 0.1).unwrap();
+        for (got, want) in values(&theta).iter().zip(want) {
+            assert!((got - want).abs() < 1e-14, "{got} vs {want}");
+        }
+    }
+    assert_eq!(opt.steps(), 3);
+}
+
+#[test]
+fn adamw_state_restores_exactly() {
+    let config = AdamWConfig::default();
+    let (a, b) = (var(&[0.5, 1.5]), var(&[0.5, 1.5]));
+    let mut opt_a = AdamW::new(HashMap::from([("w".to_string(), a.clone())]), config).unwrap();
+    opt_a.step(&grads_for(&[(&a, &[0.3, -0.7])]), 0.01).unwrap();
+    // A second optimizer over an equal variable, restored from the first's state.
+    b.set(a.as_tensor()).unwrap();
+    let mut opt_b = AdamW::new(HashMap::from([("w".to_string(), b.clone())]), config).unwrap();
+    opt_b.load_state(&opt_a.state(), opt_a.steps()).unwrap();
+    for g in [[0.1, 0.2], [-0.5, 0.4]] {
+        opt_a.step(&grads_for(&[(&a, &g)]), 0.01).unwrap();
+        opt_b.step(&grads_for(&[(&b, &g)]), 0.01).unwrap();
+    }
+    assert_eq!(values(&a), values(&b));
+    let err = opt_b.load_state(&HashMap::new(), 0).err().unwrap();
+    assert!(err.to_string().contains("missing m.w"), "{err}");
+}
+
+#[test]
+fn clipping_matches_pytorch() {
+    let (a, b) = (var(&[0.0, 0.0]), var(&[0.0]));
+    // ‖(3, 4, 12)‖ = 13; clipped to 6.5 by the factor 6.5/(13 + 1e-6).
+    let mut grads = grads_for(&[(&a, &[3.0, 4.0]), (&b, &[12.0])]);
+    let norm = clip_grad_norm(&mut grads, &[a.clone(), b.clone()], 6.5).unwrap();
+    assert_eq!(norm, 13.0);
+    let got: Vec<f64> = [&a, &b]
+        .iter()
+        .flat_map(|v| grads.get(v.as_tensor()).unwrap().to_vec1::<f64>().unwrap())
+        .collect();
+    let torch = [1.4999998846153937, 1.9999998461538582, 5.9999995384615747];
+    for (g, t) in got.iter().zip(torch) {
+        assert!((g - t).abs() < 1e-14, "{g} vs {t}");
+    }
+    // Under the limit nothing changes.
+    let mut grads = grads_for(&[(&a, &[0.3, 0.4])]);
+    clip_grad_norm(&mut grads, &[a.clone()], 1.0).unwrap();
+    assert_eq!(
+        grads.get(a.as_tensor()).unwrap().to_vec1::<f64>().unwrap(),
+        vec![0.3, 0.4]
+    );
+}
+
+#[test]
+fn warmup_is_linear_then_constant() {
+    let s = WarmupSchedule {
+        lr: 2e-4,
+        warmup_steps: 5000,
+    };
+    assert_eq!(s.at(1), 2e-4 / 5000.0);
+    assert_eq!(s.at(2500), 1e-4);
+    assert_eq!(s.at(5000), 2e-4);
+    assert_eq!(s.at(90_000), 2e-4);
+    assert_eq!(
+        WarmupSchedule {
+            lr: 1e-3,
+            warmup_steps: 0
+        }
+        .at(1),
+        1e-3
+    );
+}
+
+#[test]
+fn ema_copies_before_its_start_then_averages() {
+    let w = var(&[1.0, 2.0]);
+    let vars = HashMap::from([("w".to_string(), w.clone())]);
+    let mut ema = Ema::new(&vars, 0.9, 3).unwrap();
+    w.set(&Tensor::new(&[3.0f64, 4.0], &Device::Cpu).unwrap())
+        .unwrap();
+    ema.update(&vars, 2).unwrap(); // before the start: a copy
+    assert_eq!(ema.tensors()["w"].to_vec1::<f64>().unwrap(), vec![3.0, 4.0]);
+    w.set(&Tensor::new(&[13.0f64, -6.0], &Device::Cpu).unwrap())
+        .unwrap();
+    ema.update(&vars, 3).unwrap(); // 0.9·(3, 4) + 0.1·(13, −6) = (4, 3)
+    let got = ema.tensors()["w"].to_vec1::<f64>().unwrap();
+    assert!(
+        (got[0] - 4.0).abs() < 1e-12 && (got[1] - 3.0).abs() < 1e-12,
+        "{got:?}"
+    );
+    // The average is a copy: changing the weights later does not change it.
+    w.set(&Tensor::zeros(2, DType::F64, &Device::Cpu).unwrap())
+        .unwrap();
+    assert!((ema.tensors()["w"].to_vec1::<f64>().unwrap()[0] - 4.0).abs() < 1e-12);
+}
