@@ -16,6 +16,36 @@ pub enum TrainError {
         reason: String,
     },
 
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] ddpm_unet::UNetError),
+
+    /// The diffusion process failed.
+    #[error(transparent)]
+    Diffusion(#[from] ddpm_diffusion::DiffusionError),
+
+    /// The data failed.
+    #[error(transparent)]
+    Data(#[from] ddpm_data::DataError),
+
+    /// The loss became NaN or infinite.
+    #[error("the loss is {loss} at step {step}; stopping (the last good checkpoint is kept)")]
+    NonFiniteLoss {
+        /// The step.
+        step: u64,
+        /// The loss.
+        loss: f32,
+    },
+
+    /// A file of the run could not be written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+
     /// A hyper-parameter is out of range.
     #[error("invalid {name}: {reason}")]
     InvalidOption {

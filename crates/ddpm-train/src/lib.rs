@@ -6,7 +6,9 @@
 //! - [`WarmupSchedule`]: linear learning-rate warm-up;
 //! - [`Ema`]: the exponential moving average of the weights that samples are drawn from;
 //! - [`Checkpoint`]: model, EMA, optimizer, step, data position and RNG state in one
-//!   safetensors file, written atomically.
+//!   safetensors file, written atomically;
+//! - [`Trainer`]: the loop that ties them to a U-Net, a diffusion process and a batch
+//!   loader, with metrics, checkpoints and exact resume.
 #![warn(missing_docs)]
 
 mod adamw;
@@ -14,6 +16,8 @@ mod checkpoint;
 mod ema;
 mod error;
 mod grad_clip;
+mod seeded_init;
+mod trainer;
 mod warmup;
 
 pub use adamw::{AdamW, AdamWConfig};
@@ -23,4 +27,6 @@ pub use checkpoint::{
 pub use ema::Ema;
 pub use error::{Result, TrainError};
 pub use grad_clip::clip_grad_norm;
+pub use seeded_init::seeded_init;
+pub use trainer::{StepReport, Trainer, TrainerConfig, METRICS_HEADER};
 pub use warmup::WarmupSchedule;
