@@ -37,13 +37,7 @@ impl DownBlock {
                 resnet_config(cfg, c_in, out_channels),
             )?);
             if attention {
-                attentions.push(SpatialAttention::new(
-                    vb.pp("attentions").pp(j),
-                    out_channels,
-                    cfg.head_dim(out_channels),
-                    cfg.norm_num_groups,
-                    cfg.norm_eps,
-                )?);
+                attentions.push(attention(vb.pp("attentions").pp(j), cfg, out_channels)?);
             }
         }
         let downsampler = if downsample {
@@ -98,13 +92,7 @@ impl MidBlock {
     /// Weights under `vb` (`resnets.0`, `attentions.0`, `resnets.1`).
     pub fn new(vb: VarBuilder, cfg: &UNetConfig, channels: usize) -> candle_core::Result<Self> {
         let attention = if cfg.add_attention {
-            Some(SpatialAttention::new(
-                vb.pp("attentions").pp("0"),
-                channels,
-                cfg.head_dim(channels),
-                cfg.norm_num_groups,
-                cfg.norm_eps,
-            )?)
+            Some(attention(vb.pp("attentions").pp("0"), cfg, channels)?)
         } else {
             None
         };
@@ -180,13 +168,7 @@ impl UpBlock {
                 resnet_config(cfg, c_in + skip, ch.out_channels),
             )?);
             if attention {
-                attentions.push(SpatialAttention::new(
-                    vb.pp("attentions").pp(j),
-                    ch.out_channels,
-                    cfg.head_dim(ch.out_channels),
-                    cfg.norm_num_groups,
-                    cfg.norm_eps,
-                )?);
+                attentions.push(attention(vb.pp("attentions").pp(j), cfg, ch.out_channels)?);
             }
         }
         let upsampler = if upsample {
@@ -227,6 +209,21 @@ impl UpBlock {
         }
         Ok(h)
     }
+}
+
+/// Self-attention over `channels` channels with the configuration's heads and norm.
+fn attention(
+    vb: VarBuilder,
+    cfg: &UNetConfig,
+    channels: usize,
+) -> candle_core::Result<SpatialAttention> {
+    SpatialAttention::new(
+        vb,
+        channels,
+        cfg.head_dim(channels),
+        cfg.norm_num_groups,
+        cfg.norm_eps,
+    )
 }
 
 fn resnet_config(cfg: &UNetConfig, in_channels: usize, out_channels: usize) -> ResnetConfig {
