@@ -37,7 +37,11 @@ impl DownBlock {
                 resnet_config(cfg, c_in, out_channels),
             )?);
             if attention {
-                attentions.push(attention(vb.pp("attentions").pp(j), cfg, out_channels)?);
+                attentions.push(build_attention(
+                    vb.pp("attentions").pp(j),
+                    cfg,
+                    out_channels,
+                )?);
             }
         }
         let downsampler = if downsample {
@@ -92,7 +96,7 @@ impl MidBlock {
     /// Weights under `vb` (`resnets.0`, `attentions.0`, `resnets.1`).
     pub fn new(vb: VarBuilder, cfg: &UNetConfig, channels: usize) -> candle_core::Result<Self> {
         let attention = if cfg.add_attention {
-            Some(attention(vb.pp("attentions").pp("0"), cfg, channels)?)
+            Some(build_attention(vb.pp("attentions").pp("0"), cfg, channels)?)
         } else {
             None
         };
@@ -168,7 +172,11 @@ impl UpBlock {
                 resnet_config(cfg, c_in + skip, ch.out_channels),
             )?);
             if attention {
-                attentions.push(attention(vb.pp("attentions").pp(j), cfg, ch.out_channels)?);
+                attentions.push(build_attention(
+                    vb.pp("attentions").pp(j),
+                    cfg,
+                    ch.out_channels,
+                )?);
             }
         }
         let upsampler = if upsample {
@@ -212,7 +220,7 @@ impl UpBlock {
 }
 
 /// Self-attention over `channels` channels with the configuration's heads and norm.
-fn attention(
+fn build_attention(
     vb: VarBuilder,
     cfg: &UNetConfig,
     channels: usize,
