@@ -4,14 +4,21 @@
 //! `ddpm-schedule` and `ddpm-diffusion`, the data in `ddpm-data`.
 
 mod commands;
+mod config;
+mod dataset;
+mod device;
 mod figures;
+mod generation;
+mod progress;
+mod trained_model;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use commands::{
-    bench::BenchCommand, compare_schedules::CompareSchedulesCommand, schedule::ScheduleCommand,
+    bench::BenchCommand, compare_schedules::CompareSchedulesCommand, sample::SampleCommand,
+    schedule::ScheduleCommand, train::TrainCommand,
 };
 
 /// Denoising diffusion probabilistic models on candle.
@@ -24,6 +31,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train a model from a TOML config (`--resume RUN_DIR` continues a run).
+    Train(TrainCommand),
+    /// Draw images from a trained model: a grid, a progression figure, a GIF.
+    Sample(SampleCommand),
     /// Print a noise schedule's coefficients, one row per t = 1..T.
     Schedule(ScheduleCommand),
     /// Plot ᾱ_t of the linear and cosine schedules and noise one image with each.
@@ -37,10 +48,16 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(progress::log_writer)
         .init();
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Train(cmd) => match cmd.run() {
+            Ok(true) => return ExitCode::from(commands::train::INTERRUPTED),
+            Ok(false) => Ok(()),
+            Err(err) => Err(err),
+        },
+        Command::Sample(cmd) => cmd.run(),
         Command::Schedule(cmd) => cmd.run(&mut std::io::BufWriter::new(std::io::stdout().lock())),
         Command::CompareSchedules(cmd) => cmd.run(),
         Command::Bench(cmd) => cmd.run(),

@@ -46,6 +46,15 @@ pub enum TrainError {
         source: std::io::Error,
     },
 
+    /// The caller's per-step hook failed (writing a sample grid, say).
+    #[error("after step {step}: {source}")]
+    Hook {
+        /// The step just taken.
+        step: u64,
+        /// The hook's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// A hyper-parameter is out of range.
     #[error("invalid {name}: {reason}")]
     InvalidOption {

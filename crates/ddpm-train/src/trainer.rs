@@ -84,6 +84,12 @@ pub struct StepReport {
     pub images_per_s: f64,
 }
 
+/// What [`Trainer::run`] calls after each step.
+pub type StepHook<'a> = dyn FnMut(&Trainer, &StepReport) -> std::result::Result<(), HookError> + 'a;
+
+/// The error a [`StepHook`] may return.
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The header of `metrics.csv`.
 pub const METRICS_HEADER: &str = "step,epoch,loss,lr,grad_norm,images_per_s";
 
@@ -205,6 +211,21 @@ impl Trainer {
         &self.unet
     }
 
+    /// The hyper-parameters.
+    pub fn config(&self) -> &TrainerConfig {
+        &self.config
+    }
+
+    /// The diffusion process.
+    pub fn diffusion(&self) -> &GaussianDiffusion {
+        &self.diffusion
+    }
+
+    /// `metrics.csv` of the run.
+    pub fn metrics_path(&self) -> PathBuf {
+        self.run_dir.join("metrics.csv")
+    }
+
     /// The run directory.
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
@@ -214,6 +235,11 @@ impl Trainer {
     pub fn ema_unet(&self) -> Result<UNet> {
         let vb = VarBuilder::from_tensors(self.ema.tensors(), DType::F32, &self.device);
         Ok(UNet::new(vb, &self.unet_config)?)
+    }
+
+    /// The EMA weights by name.
+    pub fn ema_weights(&self) -> HashMap<String, Tensor> {
+        self.ema.tensors()
     }
 
     /// The model's current weights by name.
@@ -290,8 +316,9 @@ impl Trainer {
     }
 
     /// Trains until `config.steps` or until `stop` is raised, checkpointing every
-    /// `checkpoint_every` steps and at the end; `on_step` sees every step's report.
-    pub fn run(&mut self, stop: &AtomicBool, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
+    /// `checkpoint_every` steps and at the end (a stop included); `on_step` sees the trainer
+    /// and every step's report after its metrics row is written, and its error ends the run.
+    pub fn run(&mut self, stop: &AtomicBool, on_step: &mut StepHook<'_>) -> Result<()> {
         while self.progress.step < self.config.steps {
             let (epoch, start) = (
                 self.progress.epoch as usize,
@@ -299,10 +326,13 @@ impl Trainer {
             );
             for batch in self.loader.clone().epoch(epoch, start, &self.device) {
                 let report = self.train_step(&batch?)?;
-                on_step(&report);
                 if report.step % self.config.log_every.max(1) == 0 {
                     self.append_metrics(&report)?;
                 }
+                on_step(self, &report).map_err(|source| TrainError::Hook {
+                    step: report.step,
+                    source,
+                })?;
                 let done = report.step >= self.config.steps;
                 let stopping = stop.load(Ordering::Relaxed);
                 if done || stopping || report.step % self.config.checkpoint_every.max(1) == 0 {
@@ -330,10 +360,6 @@ impl Trainer {
         prune_checkpoints(&self.run_dir, self.config.keep_checkpoints.max(1))?;
         tracing::info!(step = self.progress.step, path = %path.display(), "checkpoint");
         Ok(path)
-    }
-
-    fn metrics_path(&self) -> PathBuf {
-        self.run_dir.join("metrics.csv")
     }
 
     fn append_metrics(&self, r: &StepReport) -> Result<()> {

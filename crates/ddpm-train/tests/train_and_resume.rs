@@ -124,7 +124,10 @@ fn the_loss_falls_and_resuming_is_exact() {
     let mut straight = trainer(straight_dir.path(), 40);
     let mut losses = Vec::new();
     straight
-        .run(&AtomicBool::new(false), &mut |r| losses.push(r.loss))
+        .run(&AtomicBool::new(false), &mut |_, r| {
+            losses.push(r.loss);
+            Ok(())
+        })
         .unwrap();
     assert_eq!(losses.len(), 40);
     let first: f32 = losses[..10].iter().sum::<f32>() / 10.0;
@@ -146,10 +149,11 @@ fn the_loss_falls_and_resuming_is_exact() {
     let mut first_part = trainer(resumed_dir.path(), 40);
     let stop = AtomicBool::new(false);
     first_part
-        .run(&stop, &mut |r| {
+        .run(&stop, &mut |_, r| {
             if r.step == 13 {
                 stop.store(true, Ordering::Relaxed)
             }
+            Ok(())
         })
         .unwrap();
     assert_eq!(first_part.progress().step, 13);
@@ -166,7 +170,7 @@ fn the_loss_falls_and_resuming_is_exact() {
         (1, 5)
     );
     second_part
-        .run(&AtomicBool::new(false), &mut |_| {})
+        .run(&AtomicBool::new(false), &mut |_, _| Ok(()))
         .unwrap();
 
     assert!(

@@ -2,4 +2,6 @@
 
 pub mod bench;
 pub mod compare_schedules;
+pub mod sample;
 pub mod schedule;
+pub mod train;

@@ -1,0 +1,230 @@
+//! `ddpm sample`: draws images from a trained model into a grid, a progression figure and
+//! an animated GIF.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use clap::Args;
+use ddpm_data::{save_gif, save_grid, save_progression};
+use ddpm_diffusion::GaussianDiffusion;
+
+use crate::config::SamplerKind;
+use crate::device::open_device;
+use crate::generation::{generate, Request};
+use crate::progress;
+use crate::trained_model::load_trained_model;
+
+/// The pretrained Fashion-MNIST model shipped in the repository (a diffusers `DDPMPipeline`
+/// directory with the EMA weights).
+pub const SHIPPED_MODEL: &str = "assets/fashion-mnist-ddpm";
+
+/// `ddpm sample`.
+#[derive(Debug, Clone, Args)]
+pub struct SampleCommand {
+    /// A checkpoint of `ddpm train` (`runs/…/step-….safetensors`; its EMA weights are used)
+    /// or a diffusers model directory. Default: the shipped Fashion-MNIST model.
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
+    /// Images to draw.
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    /// The reverse process (default: the one the model's config names).
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerKind>,
+    /// Sampler steps (DDPM default: all T; DDIM default: 50).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// DDIM's η (0: deterministic).
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// Seed of every random draw.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Class-conditional models: draw this class only (default: all classes in turn).
+    #[arg(long)]
+    pub class: Option<u32>,
+    /// Classifier-free guidance weight w (class-conditional models).
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance: f64,
+    /// The grid of samples (PNG).
+    #[arg(long, default_value = "samples.png")]
+    pub out: PathBuf,
+    /// Also write a figure of x_t from noise to image for the first 8 samples.
+    #[arg(long)]
+    pub progression: Option<PathBuf>,
+    /// Also write an animated GIF of the whole grid denoising.
+    #[arg(long)]
+    pub gif: Option<PathBuf>,
+    /// Columns of the grid (default: √n, or the number of classes).
+    #[arg(long)]
+    pub nrow: Option<usize>,
+    /// Images per forward pass (memory bound); the seed fixes the result regardless of it
+    /// only when n ≤ batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Also save the raw samples (N, C, H, W, values in [−1, 1]) as safetensors, for `eval`.
+    #[arg(long)]
+    pub tensors: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// Frames of the GIF.
+const GIF_FRAMES: usize = 40;
+/// Columns of the progression figure (x_T … x_0).
+const PROGRESSION_STEPS: usize = 10;
+/// Rows of the progression figure.
+const PROGRESSION_ROWS: usize = 8;
+
+impl SampleCommand {
+    pub fn run(&self) -> Result<()> {
+        if self.n == 0 || self.batch == 0 {
+            bail!("--n and --batch must be at least 1");
+        }
+        let device = open_device(&self.device)?;
+        let path = match &self.checkpoint {
+            Some(path) => path.clone(),
+            None => {
+                let shipped = PathBuf::from(SHIPPED_MODEL);
+                if !shipped.is_dir() {
+                    bail!(
+                        "no --checkpoint given and the shipped model {SHIPPED_MODEL} is missing (run from the repository root, or pass --checkpoint)"
+                    );
+                }
+                shipped
+            }
+        };
+        let model = load_trained_model(&path, &device)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let mut sampling = model.config.sampling.clone();
+        if let Some(kind) = self.sampler {
+            if kind != sampling.sampler {
+                sampling.steps = None;
+            }
+            sampling.sampler = kind;
+        }
+        if let Some(steps) = self.steps {
+            sampling.steps = Some(steps);
+        }
+        if let Some(eta) = self.eta {
+            sampling.eta = eta;
+        }
+        let timesteps = model.config.diffusion.timesteps;
+        sampling
+            .validate(timesteps)
+            .map_err(|e| anyhow::anyhow!("{e:#}").context("sampler options"))?;
+        let sampler = sampling.sampler(timesteps);
+        let diffusion = GaussianDiffusion::new(
+            model.config.diffusion.noise_schedule()?,
+            model.config.diffusion.objective,
+            model.config.diffusion.loss_weighting,
+            &device,
+        )?;
+        let unet_config = model.unet.config();
+        let side = unet_config
+            .sample_size
+            .unwrap_or(model.config.data.image_size + 2 * model.config.data.pad);
+        let dims = (unet_config.in_channels, side, side);
+        let want_frames = self.progression.is_some() || self.gif.is_some();
+        tracing::info!(checkpoint = %path.display(), ?sampler, n = self.n, "sampling");
+
+        let started = Instant::now();
+        let chunks: Vec<(usize, usize)> = (0..self.n)
+            .step_by(self.batch)
+            .map(|start| (start, self.batch.min(self.n - start)))
+            .collect();
+        let steps_per_chunk = match sampler {
+            ddpm_diffusion::Sampler::Ddpm { steps, .. } => steps.unwrap_or(timesteps),
+            ddpm_diffusion::Sampler::Ddim { steps, .. } => steps,
+        };
+        let bar = progress::start(
+            (steps_per_chunk * chunks.len()) as u64,
+            "{bar:30} {pos}/{len} steps | ETA {eta} ({elapsed})",
+        );
+        let mut images = Vec::new();
+        let mut frames: Vec<Vec<Tensor>> = Vec::new();
+        for (index, &(_, count)) in chunks.iter().enumerate() {
+            let samples = generate(
+                &Request {
+                    unet: &model.unet,
+                    diffusion: &diffusion,
+                    sampler: &sampler,
+                    n: count,
+                    dims,
+                    class: self.class,
+                    guidance: self.guidance,
+                    clip_x0: sampling.clip_x0,
+                    snapshots: if want_frames && index == 0 {
+                        GIF_FRAMES
+                    } else {
+                        0
+                    },
+                    seed: self.seed.wrapping_add(index as u64),
+                },
+                &mut |done, _| bar.set_position((index * steps_per_chunk + done) as u64),
+            );
+            let samples = match samples {
+                Ok(s) => s,
+                Err(e) => {
+                    progress::finish(&bar);
+                    return Err(e);
+                }
+            };
+            images.push(samples.images);
+            if !samples.snapshots.is_empty() {
+                frames.push(samples.snapshots.into_iter().map(|s| s.x).collect());
+            }
+        }
+        progress::finish(&bar);
+        let seconds = started.elapsed().as_secs_f64();
+        let images = Tensor::cat(&images, 0)?;
+        let nrow = self.nrow.unwrap_or_else(|| match unet_config.null_class() {
+            Some(classes) if self.class.is_none() => classes.max(1) as usize,
+            _ => (self.n as f64).sqrt().ceil() as usize,
+        });
+        save_grid(&images, &self.out, nrow)?;
+        eprintln!(
+            "{} images in {seconds:.1} s ({:.2} images/s) -> {}",
+            self.n,
+            self.n as f64 / seconds,
+            self.out.display()
+        );
+        if let Some(tensors) = &self.tensors {
+            candle_core::safetensors::save(
+                &std::collections::HashMap::from([("images".to_string(), images.clone())]),
+                tensors,
+            )
+            .with_context(|| format!("writing {}", tensors.display()))?;
+            eprintln!("raw samples -> {}", tensors.display());
+        }
+        let frames = frames.into_iter().next().unwrap_or_default();
+        if let Some(out) = &self.progression {
+            let rows = PROGRESSION_ROWS.min(images.dim(0)?);
+            let picked: Vec<Tensor> = pick_evenly(&frames, PROGRESSION_STEPS)
+                .into_iter()
+                .map(|x| x.narrow(0, 0, rows))
+                .collect::<candle_core::Result<_>>()?;
+            save_progression(&picked, out)?;
+            eprintln!("progression -> {}", out.display());
+        }
+        if let Some(out) = &self.gif {
+            let nrow_first = nrow.min(frames.first().map_or(1, |f| f.dim(0).unwrap_or(1)));
+            save_gif(&frames, out, nrow_first, 80, 1500)?;
+            eprintln!("animation -> {}", out.display());
+        }
+        Ok(())
+    }
+}
+
+/// `k` items spread evenly over `items`, first and last included.
+fn pick_evenly(items: &[Tensor], k: usize) -> Vec<Tensor> {
+    if items.len() <= k || k < 2 {
+        return items.to_vec();
+    }
+    (0..k)
+        .map(|i| items[i * (items.len() - 1) / (k - 1)].clone())
+        .collect()
+}
