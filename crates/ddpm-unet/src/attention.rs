@@ -3,7 +3,9 @@
 //! a residual connection.
 
 use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::layers::GroupNorm;
 
 /// out = x + to_out(softmax(q·kᵀ/√d)·v) over the H·W positions, with q, k, v linear maps of
 /// group_norm(x) and `heads` heads of d = C/heads channels.
@@ -29,7 +31,7 @@ impl SpatialAttention {
         eps: f64,
     ) -> candle_core::Result<Self> {
         Ok(Self {
-            group_norm: candle_nn::group_norm(groups, channels, eps, vb.pp("group_norm"))?,
+            group_norm: GroupNorm::new(groups, channels, eps, vb.pp("group_norm"))?,
             to_q: candle_nn::linear(channels, channels, vb.pp("to_q"))?,
             to_k: candle_nn::linear(channels, channels, vb.pp("to_k"))?,
             to_v: candle_nn::linear(channels, channels, vb.pp("to_v"))?,

@@ -28,8 +28,10 @@
 mod attention;
 mod blocks;
 mod config;
+pub mod cpu_ops;
 mod embeddings;
 mod error;
+mod layers;
 mod resample;
 mod resnet;
 mod unet;
@@ -39,6 +41,7 @@ pub use blocks::{DownBlock, MidBlock, UpBlock, UpChannels};
 pub use config::{DownBlockKind, UNetConfig, UpBlockKind};
 pub use embeddings::{timestep_embedding, TimestepEmbedding};
 pub use error::{Result, UNetError};
+pub use layers::{Conv2d, GroupNorm};
 pub use resample::{upsample_nearest_2x, Downsample2D, Upsample2D};
 pub use resnet::{ResnetBlock2D, ResnetConfig};
 pub use unet::{load_weights, parameter_count, UNet, CONFIG_FILE, WEIGHTS_FILE};

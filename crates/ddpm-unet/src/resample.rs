@@ -2,7 +2,9 @@
 //! followed by a convolution (diffusers' `Downsample2D` and `Upsample2D` with `use_conv`).
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::layers::Conv2d;
 
 use crate::resnet::conv3x3;
 

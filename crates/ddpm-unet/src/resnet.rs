@@ -2,7 +2,9 @@
 //! backbone with GroupNorm), diffusers' `ResnetBlock2D` with "default" time conditioning.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::layers::{Conv2d, GroupNorm};
 
 /// h = conv1(SiLU(norm1(x))) + time_emb_proj(SiLU(temb))[:, :, None, None];
 /// h = conv2(dropout(SiLU(norm2(h)))); out = shortcut(x) + h, where the shortcut is a 1×1
@@ -43,12 +45,7 @@ pub(crate) fn conv3x3(
     stride: usize,
     padding: usize,
 ) -> candle_core::Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    candle_nn::conv2d(c_in, c_out, 3, cfg, vb)
+    Conv2d::new(c_in, c_out, 3, stride, padding, vb)
 }
 
 impl ResnetBlock2D {
@@ -57,21 +54,15 @@ impl ResnetBlock2D {
     pub fn new(vb: VarBuilder, cfg: ResnetConfig) -> candle_core::Result<Self> {
         let (c_in, c_out) = (cfg.in_channels, cfg.out_channels);
         let conv_shortcut = if c_in != c_out {
-            Some(candle_nn::conv2d(
-                c_in,
-                c_out,
-                1,
-                Conv2dConfig::default(),
-                vb.pp("conv_shortcut"),
-            )?)
+            Some(Conv2d::new(c_in, c_out, 1, 1, 0, vb.pp("conv_shortcut"))?)
         } else {
             None
         };
         Ok(Self {
-            norm1: candle_nn::group_norm(cfg.groups, c_in, cfg.eps, vb.pp("norm1"))?,
+            norm1: GroupNorm::new(cfg.groups, c_in, cfg.eps, vb.pp("norm1"))?,
             conv1: conv3x3(vb.pp("conv1"), c_in, c_out, 1, 1)?,
             time_emb_proj: candle_nn::linear(cfg.temb_channels, c_out, vb.pp("time_emb_proj"))?,
-            norm2: candle_nn::group_norm(cfg.groups, c_out, cfg.eps, vb.pp("norm2"))?,
+            norm2: GroupNorm::new(cfg.groups, c_out, cfg.eps, vb.pp("norm2"))?,
             conv2: conv3x3(vb.pp("conv2"), c_out, c_out, 1, 1)?,
             conv_shortcut,
             dropout: cfg.dropout,
@@ -83,14 +74,14 @@ impl ResnetBlock2D {
     /// only when `train`.
     pub fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let t = self
             .time_emb_proj
             .forward(&temb.silu()?)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
         let h = h.broadcast_add(&t)?;
-        let mut h = self.norm2.forward(&h)?.silu()?;
+        let mut h = self.norm2.forward_silu(&h)?;
         if train && self.dropout > 0.0 {
             h = candle_nn::ops::dropout(&h, self.dropout as f32)?;
         }

@@ -4,10 +4,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Embedding, GroupNorm, VarBuilder, VarMap};
+use candle_nn::{Embedding, VarBuilder, VarMap};
 
 use crate::blocks::{DownBlock, MidBlock, UpBlock, UpChannels};
 use crate::embeddings::{timestep_embedding, TimestepEmbedding};
+use crate::layers::{Conv2d, GroupNorm};
 use crate::resnet::conv3x3;
 use crate::{DownBlockKind, Result, UNetConfig, UNetError, UpBlockKind};
 
@@ -84,7 +85,7 @@ impl UNet {
             down_blocks,
             mid_block: MidBlock::new(vb.pp("mid_block"), cfg, widths[levels - 1])?,
             up_blocks,
-            conv_norm_out: candle_nn::group_norm(
+            conv_norm_out: GroupNorm::new(
                 cfg.norm_num_groups,
                 widths[0],
                 cfg.norm_eps,
@@ -149,7 +150,7 @@ impl UNet {
         for block in &self.up_blocks {
             h = block.forward(&h, &emb, train, &mut skips)?;
         }
-        let h = self.conv_norm_out.forward(&h)?.silu()?;
+        let h = self.conv_norm_out.forward_silu(&h)?;
         Ok(self.conv_out.forward(&h)?)
     }
 

@@ -1,0 +1,540 @@
+//! 2-D convolution (cross-correlation, as in PyTorch and candle) as im2col + gemm, with the
+//! input gradient as gemm + col2im and the weight and bias gradients as gemms accumulated
+//! per thread. Work is split over the batch; each sample's gemm runs on one thread.
+//!
+//! For an input x (B, C, H, W), weight w (O, C, KH, KW), bias b (O), stride s, padding p:
+//! y[n, o, i, j] = b[o] + Σ_{c,u,v} w[o, c, u, v]·x[n, c, s·i + u − p, s·j + v − p], with x
+//! zero outside the image; OH = (H + 2p − KH)/s + 1, and likewise OW.
+//! With cols_n (C·KH·KW, OH·OW) the unfolded patches of sample n:
+//! y_n = W·cols_n + b, ∂L/∂cols_n = Wᵀ·g_n (folded back by col2im),
+//! ∂L/∂W = Σ_n g_n·cols_nᵀ, ∂L/∂b = Σ_{n,i,j} g_n.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::element::{contiguous, dispatch, Element};
+
+/// The shapes of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    batch: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    padding: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    fn new(x: &Shape, weight: &Shape, stride: usize, padding: usize) -> Result<Self> {
+        let (batch, c_in, h, w) = x.dims4()?;
+        let (c_out, c_w, kh, kw) = weight.dims4()?;
+        if c_w != c_in {
+            candle_core::bail!("conv2d: input has {c_in} channels, weight expects {c_w}");
+        }
+        if stride == 0 || h + 2 * padding < kh || w + 2 * padding < kw {
+            candle_core::bail!(
+                "conv2d: kernel {kh}×{kw} with stride {stride}, padding {padding} does not fit {h}×{w}"
+            );
+        }
+        Ok(Self {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            stride,
+            padding,
+            oh: (h + 2 * padding - kh) / stride + 1,
+            ow: (w + 2 * padding - kw) / stride + 1,
+        })
+    }
+
+    /// Rows of cols: C·KH·KW.
+    fn k(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+    fn in_size(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+    fn out_pixels(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// A 1×1 convolution with stride 1 and no padding needs no unfolding: cols = x.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+    /// Split the batch over threads (one gemm per sample) when there are enough samples;
+    /// otherwise let each gemm use the threads.
+    fn gemm_parallelism(&self) -> Parallelism {
+        let threads = super::threads();
+        if self.batch >= threads || threads == 1 {
+            Parallelism::None
+        } else {
+            Parallelism::Rayon(threads)
+        }
+    }
+}
+
+/// The range of output columns j whose input column s·j + v − p lies inside 0..w.
+fn valid_range(g: &Geometry, v: usize, size: usize, out: usize) -> (usize, usize) {
+    let (s, p) = (g.stride as isize, g.padding as isize);
+    let offset = v as isize - p;
+    // s·j + offset ≥ 0  ⇔  j ≥ ceil(−offset/s);  s·j + offset ≤ size − 1.
+    let lo = if offset >= 0 {
+        0
+    } else {
+        ((-offset) + s - 1) / s
+    };
+    let hi = if size as isize - 1 - offset < 0 {
+        0
+    } else {
+        (size as isize - 1 - offset) / s + 1
+    };
+    let lo = (lo as usize).min(out);
+    (lo, (hi as usize).clamp(lo, out))
+}
+
+/// Unfolds one sample x (C, H, W) into cols (C·KH·KW, OH·OW).
+fn im2col<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
+    let ohw = g.out_pixels();
+    for c in 0..g.c_in {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for u in 0..g.kh {
+            let (y_lo, y_hi) = valid_range(g, u, g.h, g.oh);
+            for v in 0..g.kw {
+                let (x_lo, x_hi) = valid_range(g, v, g.w, g.ow);
+                let row = ((c * g.kh + u) * g.kw + v) * ohw;
+                let row = &mut cols[row..row + ohw];
+                row[..y_lo * g.ow].fill(T::ZERO);
+                row[y_hi * g.ow..].fill(T::ZERO);
+                for i in y_lo..y_hi {
+                    let iy = i * g.stride + u - g.padding;
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    let dst = &mut row[i * g.ow..(i + 1) * g.ow];
+                    dst[..x_lo].fill(T::ZERO);
+                    dst[x_hi..].fill(T::ZERO);
+                    if g.stride == 1 {
+                        let start = x_lo + v - g.padding;
+                        dst[x_lo..x_hi].copy_from_slice(&src[start..start + (x_hi - x_lo)]);
+                    } else {
+                        for j in x_lo..x_hi {
+                            dst[j] = src[j * g.stride + v - g.padding];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds cols (C·KH·KW, OH·OW) back onto one sample dx (C, H, W), adding overlaps.
+fn col2im<T: Element>(g: &Geometry, cols: &[T], dx: &mut [T]) {
+    dx.fill(T::ZERO);
+    let ohw = g.out_pixels();
+    for c in 0..g.c_in {
+        let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for u in 0..g.kh {
+            let (y_lo, y_hi) = valid_range(g, u, g.h, g.oh);
+            for v in 0..g.kw {
+                let (x_lo, x_hi) = valid_range(g, v, g.w, g.ow);
+                let row = ((c * g.kh + u) * g.kw + v) * ohw;
+                let row = &cols[row..row + ohw];
+                for i in y_lo..y_hi {
+                    let iy = i * g.stride + u - g.padding;
+                    let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    let src = &row[i * g.ow..(i + 1) * g.ow];
+                    if g.stride == 1 {
+                        let start = x_lo + v - g.padding;
+                        for (d, s) in dst[start..start + (x_hi - x_lo)]
+                            .iter_mut()
+                            .zip(&src[x_lo..x_hi])
+                        {
+                            *d += *s;
+                        }
+                    } else {
+                        for j in x_lo..x_hi {
+                            dst[j * g.stride + v - g.padding] += src[j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dst (m×n) = [dst +] lhs (m×k) · rhs (k×n), with explicit row and column strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul<T: Element>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    accumulate: bool,
+    lhs: &[T],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[T],
+    (rhs_rs, rhs_cs): (usize, usize),
+    parallelism: Parallelism,
+) {
+    debug_assert!(dst.len() >= m * n);
+    debug_assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    debug_assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the slices cover every element the strides address (checked above in debug
+    // builds, and by construction of the callers' shapes), and dst does not alias lhs/rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { T::ONE } else { T::ZERO },
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// y = conv(x, w) + b.
+fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+    let (k, ohw) = (g.k(), g.out_pixels());
+    let mut y = vec![T::ZERO; g.batch * g.c_out * ohw];
+    let parallelism = g.gemm_parallelism();
+    let sample = |cols: &mut Vec<T>, (y_n, x_n): (&mut [T], &[T])| {
+        for (o, row) in y_n.chunks_mut(ohw).enumerate() {
+            row.fill(b[o]);
+        }
+        let rhs: &[T] = if g.is_pointwise() {
+            x_n
+        } else {
+            im2col(g, x_n, cols);
+            cols
+        };
+        matmul(
+            g.c_out,
+            ohw,
+            k,
+            y_n,
+            true,
+            w,
+            (k, 1),
+            rhs,
+            (ohw, 1),
+            parallelism,
+        );
+    };
+    let scratch = || vec![T::ZERO; if g.is_pointwise() { 0 } else { k * ohw }];
+    if let Parallelism::None = parallelism {
+        y.par_chunks_mut(g.c_out * ohw)
+            .zip(x.par_chunks(g.in_size()))
+            .for_each_init(scratch, sample);
+    } else {
+        let mut cols = scratch();
+        for pair in y.chunks_mut(g.c_out * ohw).zip(x.chunks(g.in_size())) {
+            sample(&mut cols, pair);
+        }
+    }
+    y
+}
+
+/// ∂L/∂x from the output gradient.
+fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
+    let (k, ohw) = (g.k(), g.out_pixels());
+    let mut dx = vec![T::ZERO; g.batch * g.in_size()];
+    let parallelism = g.gemm_parallelism();
+    let sample = |cols: &mut Vec<T>, (dx_n, g_n): (&mut [T], &[T])| {
+        // Wᵀ (K×O): element (r, o) = w[o·K + r].
+        if g.is_pointwise() {
+            matmul(
+                k,
+                ohw,
+                g.c_out,
+                dx_n,
+                false,
+                w,
+                (1, k),
+                g_n,
+                (ohw, 1),
+                parallelism,
+            );
+        } else {
+            matmul(
+                k,
+                ohw,
+                g.c_out,
+                cols,
+                false,
+                w,
+                (1, k),
+                g_n,
+                (ohw, 1),
+                parallelism,
+            );
+            col2im(g, cols, dx_n);
+        }
+    };
+    let scratch = || vec![T::ZERO; if g.is_pointwise() { 0 } else { k * ohw }];
+    if let Parallelism::None = parallelism {
+        dx.par_chunks_mut(g.in_size())
+            .zip(grad.par_chunks(g.c_out * ohw))
+            .for_each_init(scratch, sample);
+    } else {
+        let mut cols = scratch();
+        for pair in dx.chunks_mut(g.in_size()).zip(grad.chunks(g.c_out * ohw)) {
+            sample(&mut cols, pair);
+        }
+    }
+    dx
+}
+
+/// [∂L/∂W (O·K), ∂L/∂b (O)] from the input and the output gradient.
+fn grad_weight_bias<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
+    let (k, ohw, o) = (g.k(), g.out_pixels(), g.c_out);
+    let threads = super::threads();
+    let per_chunk = g.batch.div_ceil(threads).max(1);
+    let parallelism = g.gemm_parallelism();
+    let partial = |(x_chunk, g_chunk): (&[T], &[T])| -> Vec<T> {
+        let mut acc = vec![T::ZERO; o * k + o];
+        let mut cols = vec![T::ZERO; if g.is_pointwise() { 0 } else { k * ohw }];
+        for (n, (x_n, g_n)) in x_chunk
+            .chunks(g.in_size())
+            .zip(g_chunk.chunks(o * ohw))
+            .enumerate()
+        {
+            let rhs: &[T] = if g.is_pointwise() {
+                x_n
+            } else {
+                im2col(g, x_n, &mut cols);
+                &cols
+            };
+            // colsᵀ (OHW×K): element (j, r) = cols[r·OHW + j].
+            let (dw, db) = acc.split_at_mut(o * k);
+            matmul(
+                o,
+                k,
+                ohw,
+                dw,
+                n > 0,
+                g_n,
+                (ohw, 1),
+                rhs,
+                (1, ohw),
+                parallelism,
+            );
+            for (d, row) in db.iter_mut().zip(g_n.chunks(ohw)) {
+                let mut sum = 0.0f64;
+                for &v in row {
+                    sum += v.to_f64();
+                }
+                *d += T::from_f64(sum);
+            }
+        }
+        acc
+    };
+    let add = |mut a: Vec<T>, b: Vec<T>| {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x += y;
+        }
+        a
+    };
+    let chunks = x
+        .par_chunks(per_chunk * g.in_size())
+        .zip(grad.par_chunks(per_chunk * o * ohw));
+    if let Parallelism::None = parallelism {
+        chunks.map(partial).reduce(|| vec![T::ZERO; o * k + o], add)
+    } else {
+        partial((x, grad))
+    }
+}
+
+/// The forward op on (x, w, b).
+struct Conv2dOp {
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "ddpm-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.shape(), l2.shape(), self.stride, self.padding)?;
+        if l3.shape().dims() != [g.c_out] {
+            candle_core::bail!("conv2d: bias shape {:?}, expected [{}]", l3.dims(), g.c_out);
+        }
+        let shape = Shape::from((g.batch, g.c_out, g.oh, g.ow));
+        dispatch!(s1, "ddpm-conv2d", |T| {
+            let x = contiguous::<T>(s1, l1, "ddpm-conv2d")?;
+            let w = contiguous::<T>(s2, l2, "ddpm-conv2d")?;
+            let b = contiguous::<T>(s3, l3, "ddpm-conv2d")?;
+            Ok((T::storage(forward(&g, x, w, b)), shape))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = grad.apply_op2_no_bwd(
+            w,
+            &Conv2dGradInput {
+                stride: self.stride,
+                padding: self.padding,
+                h: x.dim(2)?,
+                w: x.dim(3)?,
+            },
+        )?;
+        let packed = x.apply_op2_no_bwd(
+            &grad,
+            &Conv2dGradWeight {
+                stride: self.stride,
+                padding: self.padding,
+                weight: w.shape().clone(),
+            },
+        )?;
+        let n = w.elem_count();
+        let dw = packed.narrow(0, 0, n)?.reshape(w.shape())?;
+        let db = packed.narrow(0, n, w.dim(0)?)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// ∂L/∂x on (grad, w).
+struct Conv2dGradInput {
+    stride: usize,
+    padding: usize,
+    h: usize,
+    w: usize,
+}
+
+impl CustomOp2 for Conv2dGradInput {
+    fn name(&self) -> &'static str {
+        "ddpm-conv2d-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, _, _, _) = l1.shape().dims4()?;
+        let (_, c_in, _, _) = l2.shape().dims4()?;
+        let g = Geometry::new(
+            &Shape::from((batch, c_in, self.h, self.w)),
+            l2.shape(),
+            self.stride,
+            self.padding,
+        )?;
+        if l1.shape().dims() != [batch, g.c_out, g.oh, g.ow] {
+            candle_core::bail!("conv2d backward: gradient shape {:?}", l1.dims());
+        }
+        dispatch!(s1, "ddpm-conv2d-grad-input", |T| {
+            let grad = contiguous::<T>(s1, l1, "ddpm-conv2d-grad-input")?;
+            let w = contiguous::<T>(s2, l2, "ddpm-conv2d-grad-input")?;
+            Ok((
+                T::storage(grad_input(&g, grad, w)),
+                Shape::from((batch, c_in, self.h, self.w)),
+            ))
+        })
+    }
+}
+
+/// [∂L/∂W, ∂L/∂b] packed, on (x, grad).
+struct Conv2dGradWeight {
+    stride: usize,
+    padding: usize,
+    weight: Shape,
+}
+
+impl CustomOp2 for Conv2dGradWeight {
+    fn name(&self) -> &'static str {
+        "ddpm-conv2d-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.shape(), &self.weight, self.stride, self.padding)?;
+        if l2.shape().dims() != [g.batch, g.c_out, g.oh, g.ow] {
+            candle_core::bail!("conv2d backward: gradient shape {:?}", l2.dims());
+        }
+        dispatch!(s1, "ddpm-conv2d-grad-weight", |T| {
+            let x = contiguous::<T>(s1, l1, "ddpm-conv2d-grad-weight")?;
+            let grad = contiguous::<T>(s2, l2, "ddpm-conv2d-grad-weight")?;
+            let packed = grad_weight_bias(&g, x, grad);
+            let len = packed.len();
+            Ok((T::storage(packed), Shape::from(len)))
+        })
+    }
+}
+
+/// conv2d(x, weight) + bias with symmetric `padding`: the hand-written kernel on the CPU in
+/// f32/f64 (see the module docs), candle's `conv2d` elsewhere.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if !super::applies_to(x) {
+        let y = x.conv2d(weight, padding, stride, 1, 1)?;
+        return match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+            None => Ok(y),
+        };
+    }
+    let zeros;
+    let bias = match bias {
+        Some(b) => b,
+        None => {
+            zeros = Tensor::zeros(weight.dim(0)?, x.dtype(), x.device())?;
+            &zeros
+        }
+    };
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        Conv2dOp { stride, padding },
+    )
+}

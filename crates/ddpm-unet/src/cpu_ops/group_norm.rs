@@ -1,0 +1,310 @@
+//! GroupNorm (Wu & He 2018), optionally followed by SiLU, in one pass, with its analytic
+//! backward. Work is split over (sample, group) blocks, which are contiguous in NCHW.
+//!
+//! Per block of N = (C/G)·H·W values: μ = mean(x), σ² = mean((x − μ)²), r = 1/√(σ² + ε),
+//! x̂ = (x − μ)·r, z = γ_c·x̂ + β_c, y = z (or SiLU(z) = z·σ(z)).
+//! Backward, with dz = dy (or dy·σ(z)·(1 + z·(1 − σ(z)))) and d = dz·γ_c:
+//! ∂L/∂γ_c = Σ dz·x̂, ∂L/∂β_c = Σ dz, ∂L/∂x = r·(d − mean(d) − x̂·mean(d·x̂)).
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::element::{contiguous, dispatch, Element};
+
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    channels: usize,
+    groups: usize,
+    /// H·W (or the product of all trailing dims).
+    pixels: usize,
+}
+
+impl Geometry {
+    fn new(shape: &Shape, groups: usize) -> Result<Self> {
+        let dims = shape.dims();
+        if dims.len() < 2 {
+            candle_core::bail!("group_norm: expected (B, C, …), got {dims:?}");
+        }
+        let channels = dims[1];
+        if groups == 0 || channels % groups != 0 {
+            candle_core::bail!("group_norm: {groups} groups do not divide {channels} channels");
+        }
+        Ok(Self {
+            channels,
+            groups,
+            pixels: dims[2..].iter().product(),
+        })
+    }
+    fn per_group(&self) -> usize {
+        self.channels / self.groups
+    }
+    fn block(&self) -> usize {
+        self.per_group() * self.pixels
+    }
+}
+
+/// (μ, r) of one block, accumulated in f64.
+fn moments<T: Element>(block: &[T], eps: f64) -> (f64, f64) {
+    let n = block.len() as f64;
+    let mean = block.iter().map(|v| v.to_f64()).sum::<f64>() / n;
+    let var = block
+        .iter()
+        .map(|v| {
+            let d = v.to_f64() - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+fn forward<T: Element>(
+    g: &Geometry,
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    eps: f64,
+    silu: bool,
+) -> Vec<T> {
+    let mut y = vec![T::ZERO; x.len()];
+    y.par_chunks_mut(g.block())
+        .zip(x.par_chunks(g.block()))
+        .enumerate()
+        .for_each(|(index, (y_b, x_b))| {
+            let first = (index % g.groups) * g.per_group();
+            let (mean, rstd) = moments(x_b, eps);
+            for (c, (y_c, x_c)) in y_b
+                .chunks_mut(g.pixels)
+                .zip(x_b.chunks(g.pixels))
+                .enumerate()
+            {
+                // z = a·x + b with a = γ·r, b = β − μ·γ·r.
+                let a = gamma[first + c].to_f64() * rstd;
+                let b = beta[first + c].to_f64() - mean * a;
+                let (a, b) = (T::from_f64(a), T::from_f64(b));
+                if silu {
+                    for (y, &x) in y_c.iter_mut().zip(x_c) {
+                        let z = a * x + b;
+                        *y = z * z.sigmoid();
+                    }
+                } else {
+                    for (y, &x) in y_c.iter_mut().zip(x_c) {
+                        *y = a * x + b;
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// [∂L/∂x (B·C·pixels), ∂L/∂γ (C), ∂L/∂β (C)].
+fn backward<T: Element>(
+    g: &Geometry,
+    x: &[T],
+    dy: &[T],
+    gamma: &[T],
+    beta: &[T],
+    eps: f64,
+    silu: bool,
+) -> Vec<T> {
+    let mut dx = vec![T::ZERO; x.len()];
+    let cg = g.per_group();
+    // Per block: ∂L/∂γ and ∂L/∂β of its channels.
+    let partials: Vec<Vec<f64>> = dx
+        .par_chunks_mut(g.block())
+        .zip(x.par_chunks(g.block()).zip(dy.par_chunks(g.block())))
+        .enumerate()
+        .map(|(index, (dx_b, (x_b, dy_b)))| {
+            let first = (index % g.groups) * cg;
+            let (mean, rstd) = moments(x_b, eps);
+            let mut sums = vec![0.0f64; 2 * cg];
+            let (mut sum_d, mut sum_dxhat) = (0.0f64, 0.0f64);
+            for c in 0..cg {
+                let range = c * g.pixels..(c + 1) * g.pixels;
+                let (gm, bt) = (gamma[first + c].to_f64(), beta[first + c].to_f64());
+                let (mut dgamma, mut dbeta) = (0.0f64, 0.0f64);
+                for ((d_out, &xv), &dyv) in dx_b[range.clone()]
+                    .iter_mut()
+                    .zip(&x_b[range.clone()])
+                    .zip(&dy_b[range])
+                {
+                    let xhat = (xv.to_f64() - mean) * rstd;
+                    let mut dz = dyv.to_f64();
+                    if silu {
+                        let z = gm * xhat + bt;
+                        let s = 1.0 / (1.0 + (-z).exp());
+                        dz *= s * (1.0 + z * (1.0 - s));
+                    }
+                    dgamma += dz * xhat;
+                    dbeta += dz;
+                    let d = dz * gm;
+                    sum_d += d;
+                    sum_dxhat += d * xhat;
+                    *d_out = T::from_f64(d);
+                }
+                sums[c] = dgamma;
+                sums[cg + c] = dbeta;
+            }
+            let n = x_b.len() as f64;
+            let (mean_d, mean_dxhat) = (sum_d / n, sum_dxhat / n);
+            for (d_out, &xv) in dx_b.iter_mut().zip(x_b) {
+                let xhat = (xv.to_f64() - mean) * rstd;
+                *d_out = T::from_f64(rstd * (d_out.to_f64() - mean_d - xhat * mean_dxhat));
+            }
+            sums
+        })
+        .collect();
+    let mut dgamma = vec![0.0f64; g.channels];
+    let mut dbeta = vec![0.0f64; g.channels];
+    for (index, sums) in partials.iter().enumerate() {
+        let first = (index % g.groups) * cg;
+        for c in 0..cg {
+            dgamma[first + c] += sums[c];
+            dbeta[first + c] += sums[cg + c];
+        }
+    }
+    dx.extend(dgamma.into_iter().map(T::from_f64));
+    dx.extend(dbeta.into_iter().map(T::from_f64));
+    dx
+}
+
+struct GroupNormOp {
+    groups: usize,
+    eps: f64,
+    silu: bool,
+}
+
+impl CustomOp3 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "ddpm-group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.shape(), self.groups)?;
+        if l2.dims() != [g.channels] || l3.dims() != [g.channels] {
+            candle_core::bail!("group_norm: γ and β must have shape [{}]", g.channels);
+        }
+        dispatch!(s1, "ddpm-group-norm", |T| {
+            let x = contiguous::<T>(s1, l1, "ddpm-group-norm")?;
+            let gamma = contiguous::<T>(s2, l2, "ddpm-group-norm")?;
+            let beta = contiguous::<T>(s3, l3, "ddpm-group-norm")?;
+            Ok((
+                T::storage(forward(&g, x, gamma, beta, self.eps, self.silu)),
+                l1.shape().clone(),
+            ))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let params = Tensor::cat(&[gamma, beta], 0)?;
+        let packed = x.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            &params,
+            &GroupNormBackward {
+                groups: self.groups,
+                eps: self.eps,
+                silu: self.silu,
+            },
+        )?;
+        let (n, c) = (x.elem_count(), gamma.elem_count());
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dgamma = packed.narrow(0, n, c)?;
+        let dbeta = packed.narrow(0, n + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// The packed backward on (x, grad, [γ, β]).
+struct GroupNormBackward {
+    groups: usize,
+    eps: f64,
+    silu: bool,
+}
+
+impl CustomOp3 for GroupNormBackward {
+    fn name(&self) -> &'static str {
+        "ddpm-group-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.shape(), self.groups)?;
+        if l2.shape() != l1.shape() || l3.dims() != [2 * g.channels] {
+            candle_core::bail!("group_norm backward: mismatched shapes");
+        }
+        dispatch!(s1, "ddpm-group-norm-backward", |T| {
+            let x = contiguous::<T>(s1, l1, "ddpm-group-norm-backward")?;
+            let dy = contiguous::<T>(s2, l2, "ddpm-group-norm-backward")?;
+            let params = contiguous::<T>(s3, l3, "ddpm-group-norm-backward")?;
+            let (gamma, beta) = params.split_at(g.channels);
+            let packed = backward(&g, x, dy, gamma, beta, self.eps, self.silu);
+            let len = packed.len();
+            Ok((T::storage(packed), Shape::from(len)))
+        })
+    }
+}
+
+/// GroupNorm of x (B, C, …) with `groups` groups, per-channel γ and β, then SiLU when
+/// `silu`: the fused kernel on the CPU in f32/f64, candle's ops elsewhere.
+pub fn group_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    if !super::applies_to(x) {
+        // candle's ops; half precision is normalised in f32, as candle-nn's GroupNorm does.
+        let dtype = x.dtype();
+        let internal = match dtype {
+            DType::F16 | DType::BF16 => DType::F32,
+            other => other,
+        };
+        let x = &x.to_dtype(internal)?;
+        let (gamma, beta) = (&gamma.to_dtype(internal)?, &beta.to_dtype(internal)?);
+        let (b, c) = (x.dim(0)?, x.dim(1)?);
+        let shape = x.shape().clone();
+        let xg = x.reshape((b, groups, ()))?;
+        let mean = xg.mean_keepdim(2)?;
+        let centered = xg.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(2)?;
+        let xhat = centered
+            .broadcast_div(&(var + eps)?.sqrt()?)?
+            .reshape(&shape)?;
+        let mut param_shape = vec![1, c];
+        param_shape.extend(std::iter::repeat_n(1, shape.rank() - 2));
+        let y = xhat
+            .broadcast_mul(&gamma.reshape(param_shape.as_slice())?)?
+            .broadcast_add(&beta.reshape(param_shape.as_slice())?)?;
+        let y = if silu { y.silu()? } else { y };
+        return y.to_dtype(dtype);
+    }
+    x.contiguous()?.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        GroupNormOp { groups, eps, silu },
+    )
+}

@@ -1,0 +1,43 @@
+//! Hand-written CPU kernels, with analytic backward passes, for the layers that dominate the
+//! U-Net's training step: 2-D convolution (im2col/col2im around a gemm, parallel over the
+//! batch) and GroupNorm with an optional fused SiLU. candle 0.11's own CPU convolution
+//! backward goes through a plain-loop transposed convolution, and its GroupNorm is a chain
+//! of small single-threaded tensor ops; these replace both on the CPU for f32 and f64.
+//!
+//! On other devices and dtypes the layers fall back to candle's ops (cuDNN on CUDA), and
+//! [`set_enabled`] switches the kernels off process-wide, for benchmarks against candle.
+//! Each kernel is checked against candle's op on random inputs and by f64 finite
+//! differences (`tests/cpu_ops.rs`).
+
+mod conv2d;
+mod element;
+mod group_norm;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Tensor};
+
+pub use conv2d::conv2d;
+pub use group_norm::group_norm;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the hand-written CPU kernels on (the default) or off for the whole process.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the hand-written CPU kernels are in use.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether the kernels apply to this tensor: CPU, f32 or f64, and switched on.
+pub(crate) fn applies_to(x: &Tensor) -> bool {
+    enabled() && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Threads the kernels may split work over (candle's rayon pool).
+pub(crate) fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}

@@ -1,0 +1,220 @@
+//! The hand-written CPU kernels against candle's own ops (forward and autograd backward, f32)
+//! and against central finite differences (f64).
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use ddpm_unet::cpu_ops::{conv2d, group_norm};
+
+/// Max |a − b| / (1 + max |b|).
+fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+    let diff = (a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let scale = b.abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+    diff / (1.0 + scale)
+}
+
+fn randn(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
+    // A deterministic pseudo-random fill (candle's randn is unseeded).
+    let n: usize = shape.iter().product();
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let values: Vec<f64> = (0..n)
+        .map(|_| {
+            let mut u = [0.0f64; 2];
+            for v in &mut u {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                *v = ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            }
+            (-2.0 * u[0].ln()).sqrt() * (2.0 * std::f64::consts::PI * u[1]).cos()
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+/// (input shape, weight shape, stride, padding)
+const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 7] = [
+    ([4, 3, 7, 9], [5, 3, 3, 3], 1, 1),
+    ([3, 4, 8, 8], [4, 4, 3, 3], 2, 1),
+    ([3, 4, 9, 7], [2, 4, 3, 3], 2, 0),
+    ([5, 6, 5, 5], [3, 6, 1, 1], 1, 0),
+    ([2, 2, 6, 5], [3, 2, 3, 3], 1, 0),
+    ([1, 3, 6, 6], [4, 3, 3, 3], 1, 1),
+    ([3, 2, 5, 6], [2, 2, 5, 3], 3, 2),
+];
+
+#[test]
+fn conv2d_matches_candle_forward_and_backward() {
+    for (i, (xs, ws, stride, padding)) in CONV_CASES.into_iter().enumerate() {
+        let seed = 10 * i as u64;
+        let x = Var::from_tensor(&randn(&xs, DType::F32, seed)).unwrap();
+        let w = Var::from_tensor(&randn(&ws, DType::F32, seed + 1)).unwrap();
+        let b = Var::from_tensor(&randn(&[ws[0]], DType::F32, seed + 2)).unwrap();
+        let ours = conv2d(&x, &w, Some(&b), stride, padding).unwrap();
+        let reference = x
+            .conv2d(&w, padding, stride, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.reshape((1, ws[0], 1, 1)).unwrap())
+            .unwrap();
+        assert_eq!(ours.dims(), reference.dims(), "case {i}");
+        let err = rel_diff(&ours, &reference);
+        assert!(err < 1e-5, "case {i}: forward differs by {err}");
+
+        let r = randn(reference.dims(), DType::F32, seed + 3);
+        let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (reference * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, var) in [("x", &x), ("w", &w), ("b", &b)] {
+            let a = g_ours.get(var).unwrap();
+            let e = g_ref.get(var).unwrap();
+            let err = rel_diff(a, e);
+            assert!(err < 1e-5, "case {i}: ∂/∂{name} differs by {err}");
+        }
+    }
+}
+
+#[test]
+fn conv2d_without_bias_equals_zero_bias() {
+    let x = randn(&[2, 3, 5, 5], DType::F32, 1);
+    let w = randn(&[4, 3, 3, 3], DType::F32, 2);
+    let zero = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+    let a = conv2d(&x, &w, None, 1, 1).unwrap();
+    let b = conv2d(&x, &w, Some(&zero), 1, 1).unwrap();
+    assert_eq!(rel_diff(&a, &b), 0.0);
+}
+
+/// Central differences of L = Σ f(inputs)·r with respect to a few elements of each input,
+/// against the analytic gradient. f64 throughout; step 1e-6, so truncation (∝ h²) and
+/// rounding (∝ ε/h) errors are ~1e-10 relative: 1e-6 leaves a wide margin.
+fn check_gradients(label: &str, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor, seed: u64) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let as_tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = f(&as_tensors);
+    let r = randn(out.dims(), DType::F64, seed);
+    let loss = |ts: &[Tensor]| -> f64 {
+        (f(ts) * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let grads = (out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (k, var) in vars.iter().enumerate() {
+        let analytic: Vec<f64> = grads
+            .get(var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f64> = inputs[k].flatten_all().unwrap().to_vec1().unwrap();
+        let n = base.len();
+        for probe in 0..6.min(n) {
+            let idx = (probe * 7919 + seed as usize) % n;
+            let h = 1e-6;
+            let shifted = |delta: f64| {
+                let mut values = base.clone();
+                values[idx] += delta;
+                let mut ts = inputs.to_vec();
+                ts[k] = Tensor::from_vec(values, inputs[k].shape(), &Device::Cpu).unwrap();
+                loss(&ts)
+            };
+            let numeric = (shifted(h) - shifted(-h)) / (2.0 * h);
+            let err = (numeric - analytic[idx]).abs() / (1.0 + numeric.abs());
+            assert!(
+                err < 1e-6,
+                "{label}: input {k} element {idx}: numeric {numeric} analytic {}",
+                analytic[idx]
+            );
+        }
+    }
+}
+
+#[test]
+fn conv2d_gradients_match_finite_differences() {
+    for (i, (xs, ws, stride, padding)) in CONV_CASES.into_iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let inputs = [
+            randn(&xs, DType::F64, seed),
+            randn(&ws, DType::F64, seed + 1),
+            randn(&[ws[0]], DType::F64, seed + 2),
+        ];
+        check_gradients(
+            &format!("conv2d case {i}"),
+            &inputs,
+            &|t| conv2d(&t[0], &t[1], Some(&t[2]), stride, padding).unwrap(),
+            seed + 3,
+        );
+    }
+}
+
+/// (shape, groups)
+const NORM_CASES: [(&[usize], usize); 4] = [
+    (&[4, 8, 5, 5], 4),
+    (&[3, 6, 7, 3], 6),
+    (&[2, 4, 3, 3], 1),
+    (&[1, 12, 2, 2], 3),
+];
+
+#[test]
+fn group_norm_matches_candle() {
+    for (i, (shape, groups)) in NORM_CASES.into_iter().enumerate() {
+        let seed = 300 + 10 * i as u64;
+        let c = shape[1];
+        // Offset and scale the input so that the mean and variance matter.
+        let x = randn(shape, DType::F32, seed).affine(3.0, 1.5).unwrap();
+        let gamma = randn(&[c], DType::F32, seed + 1);
+        let beta = randn(&[c], DType::F32, seed + 2);
+        let reference = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, groups, 1e-5)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        let ours = group_norm(&x, &gamma, &beta, groups, 1e-5, false).unwrap();
+        let err = rel_diff(&ours, &reference);
+        assert!(err < 1e-5, "case {i}: forward differs by {err}");
+        let ours = group_norm(&x, &gamma, &beta, groups, 1e-5, true).unwrap();
+        let err = rel_diff(&ours, &reference.silu().unwrap());
+        assert!(err < 1e-5, "case {i}: forward with SiLU differs by {err}");
+    }
+}
+
+#[test]
+fn group_norm_gradients_match_finite_differences() {
+    for (i, (shape, groups)) in NORM_CASES.into_iter().enumerate() {
+        for silu in [false, true] {
+            let seed = 500 + 10 * i as u64 + u64::from(silu);
+            let c = shape[1];
+            let inputs = [
+                randn(shape, DType::F64, seed).affine(2.0, -0.5).unwrap(),
+                randn(&[c], DType::F64, seed + 1),
+                randn(&[c], DType::F64, seed + 2),
+            ];
+            check_gradients(
+                &format!("group_norm case {i} silu {silu}"),
+                &inputs,
+                &|t| group_norm(&t[0], &t[1], &t[2], groups, 1e-5, silu).unwrap(),
+                seed + 3,
+            );
+        }
+    }
+}
