@@ -39,7 +39,7 @@ enum Command {
     Schedule(ScheduleCommand),
     /// Plot ᾱ_t of the linear and cosine schedules and noise one image with each.
     CompareSchedules(CompareSchedulesCommand),
-    /// Measure speed (`ddpm bench unet`).
+    /// Measure training and sampling speed (optionally against PyTorch).
     Bench(BenchCommand),
 }
 

@@ -2,7 +2,7 @@
 //! for UNet2DModel's blocks: GroupNorm, one linear map each for q, k, v and the output,
 //! a residual connection.
 
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::layers::GroupNorm;
@@ -42,13 +42,9 @@ impl SpatialAttention {
     }
 }
 
-/// softmax over the last dimension, written with ops that all have a backward pass
-/// (candle 0.11's fused `softmax_last_dim` records none). The shift by the row maximum is
-/// detached: softmax does not depend on it, so neither does its gradient.
+/// softmax over the last dimension (see [`crate::cpu_ops::softmax_last_dim`]).
 pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    crate::cpu_ops::softmax_last_dim(x, 1.0)
 }
 
 impl Module for SpatialAttention {
@@ -79,8 +75,9 @@ impl Module for SpatialAttention {
             DType::F16 | DType::BF16 => DType::F32,
             other => other,
         };
-        let scores = (q.to_dtype(work)?.matmul(&k.to_dtype(work)?.t()?)? / (d as f64).sqrt())?;
-        let weights = softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        let scores = q.to_dtype(work)?.matmul(&k.to_dtype(work)?.t()?)?;
+        let weights =
+            crate::cpu_ops::softmax_last_dim(&scores, 1.0 / (d as f64).sqrt())?.to_dtype(dtype)?;
         let attended = weights.matmul(&v)?; // (B, heads, HW, d)
         let merged = attended.transpose(1, 2)?.reshape((b, h * w, c))?;
         let out = self

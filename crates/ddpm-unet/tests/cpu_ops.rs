@@ -218,3 +218,45 @@ fn group_norm_gradients_match_finite_differences() {
         }
     }
 }
+
+#[test]
+fn softmax_matches_its_definition_and_finite_differences() {
+    use ddpm_unet::cpu_ops::softmax_last_dim;
+    for (i, (shape, scale)) in [
+        (&[3usize, 5, 7][..], 1.0),
+        (&[2, 130, 9][..], 0.25),
+        (&[1, 4][..], 3.0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 700 + 10 * i as u64;
+        // Large logits: the max-shift must keep exp() finite.
+        let x = randn(shape, DType::F32, seed).affine(20.0, 5.0).unwrap();
+        let ours = softmax_last_dim(&x, scale).unwrap();
+        let e = (x.affine(scale, 0.0).unwrap().to_dtype(DType::F64).unwrap()
+            - x.affine(scale, 0.0)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .max_keepdim(candle_core::D::Minus1)
+                .unwrap()
+                .broadcast_as(shape)
+                .unwrap())
+        .unwrap()
+        .exp()
+        .unwrap();
+        let reference = e
+            .broadcast_div(&e.sum_keepdim(candle_core::D::Minus1).unwrap())
+            .unwrap();
+        let err = rel_diff(&ours, &reference);
+        assert!(err < 1e-6, "case {i}: forward differs by {err}");
+        let inputs = [randn(shape, DType::F64, seed + 1)];
+        check_gradients(
+            &format!("softmax case {i}"),
+            &inputs,
+            &|t| softmax_last_dim(&t[0], scale).unwrap(),
+            seed + 2,
+        );
+    }
+}

@@ -1,121 +1,368 @@
-//! `ddpm bench unet`: how long the U-Net takes, forward and forward + backward.
+//! `ddpm bench`: training images/s, the time of one sampling step, peak memory, the machine's
+//! matrix-multiply rate, and (with `--vs-pytorch`) the same for diffusers' `UNet2DModel`
+//! with the same config, measured interleaved in one run.
 
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
-use clap::{Args, Subcommand};
-use ddpm_unet::{parameter_count, UNet, UNetConfig};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use clap::Args;
+use ddpm_diffusion::{GaussianDiffusion, NoiseRng, ReverseVariance};
+use ddpm_schedule::{BetaSchedule, NoiseSchedule};
+use ddpm_train::{clip_grad_norm, seeded_init, AdamW, AdamWConfig};
+use ddpm_unet::{UNet, UNetConfig};
 
 /// `ddpm bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchCommand {
-    #[command(subcommand)]
-    pub target: BenchTarget,
-}
-
-/// What to measure.
-#[derive(Debug, Clone, Subcommand)]
-pub enum BenchTarget {
-    /// The U-Net alone: forward, and forward + backward, per batch.
-    Unet(UnetBench),
-}
-
-/// Options of `ddpm bench unet`.
-#[derive(Debug, Clone, Args)]
-pub struct UnetBench {
-    /// Model preset (`fashion-mnist`, `cifar10-ddpm`).
+    /// Model preset (`fashion-mnist`, `cifar10-ddpm`) or a config TOML with a `[model]`.
     #[arg(long, default_value = "fashion-mnist")]
     pub config: String,
-    /// Images per batch.
+    /// Training batch sizes.
+    #[arg(long = "batch", default_values_t = [64, 128])]
+    pub batches: Vec<usize>,
+    /// Batch of the sampling step.
     #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    /// Timed repetitions (after one untimed warm-up).
+    pub sample_batch: usize,
+    /// Timed repetitions of each measurement (after one untimed warm-up); the median counts.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Also measure the PyTorch twin (scripts/bench_pytorch.py; installs torch and diffusers
+    /// into .venv on first use).
+    #[arg(long)]
+    pub vs_pytorch: bool,
+    /// Python for the twin (default: .venv/bin/python if present, else python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Use candle's own ops instead of the hand-written CPU kernels (for before/after).
+    #[arg(long)]
+    pub candle_ops: bool,
     /// Write the numbers as JSON here too.
     #[arg(long)]
-    pub json: Option<std::path::PathBuf>,
+    pub json: Option<PathBuf>,
 }
 
-impl BenchCommand {
-    pub fn run(&self) -> Result<()> {
-        match &self.target {
-            BenchTarget::Unet(b) => b.run(),
-        }
-    }
-}
-
-/// Median of timings in milliseconds.
-fn median_ms(mut samples: Vec<f64>) -> f64 {
+/// Median of samples.
+fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
 }
 
-impl UnetBench {
-    fn run(&self) -> Result<()> {
-        anyhow::ensure!(
-            self.batch > 0 && self.reps > 0,
-            "--batch and --reps must be at least 1"
-        );
-        let config = UNetConfig::preset(&self.config)?;
+/// Peak resident memory of this process (Linux; 0 elsewhere), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// One training step of ours, set up once per batch size.
+struct OurTrainer {
+    unet: UNet,
+    vars: Vec<Var>,
+    optimizer: AdamW,
+    diffusion: GaussianDiffusion,
+    x0: Tensor,
+    rng: NoiseRng,
+}
+
+impl OurTrainer {
+    fn new(config: &UNetConfig, batch: usize, side: usize) -> Result<Self> {
         let device = Device::Cpu;
-        let (unet, varmap) = UNet::init(&config, DType::F32, &device)?;
-        let side = config.sample_size.unwrap_or(32);
-        let x = Tensor::randn(
-            0f32,
-            1.0,
-            (self.batch, config.in_channels, side, side),
-            &device,
-        )?;
-        let t = Tensor::arange(0u32, self.batch as u32, &device)?;
-        let forward = || -> Result<f64> {
-            let start = Instant::now();
-            let out = unet.forward(&x, &t, None, false)?;
-            out.sum_all()?.to_scalar::<f32>()?;
-            Ok(start.elapsed().as_secs_f64() * 1e3)
-        };
-        let forward_backward = || -> Result<f64> {
-            let start = Instant::now();
-            let out = unet.forward(&x, &t, None, true)?;
-            let grads = out.sqr()?.mean_all()?.backward()?;
-            anyhow::ensure!(
-                !grads.get_ids().collect::<Vec<_>>().is_empty(),
-                "no gradients"
+        let (unet, varmap) = UNet::init(config, DType::F32, &device)?;
+        let mut named: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("variable map lock poisoned"))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        seeded_init(&mut named, 0)?;
+        let vars = named.iter().map(|(_, v)| v.clone()).collect();
+        let optimizer = AdamW::new(named.into_iter().collect(), AdamWConfig::default())?;
+        let diffusion =
+            GaussianDiffusion::epsilon(NoiseSchedule::new(BetaSchedule::linear(), 1000)?, &device)?;
+        let mut rng = NoiseRng::new(1);
+        let x0 = rng.randn((batch, config.in_channels, side, side), &device)?;
+        Ok(Self {
+            unet,
+            vars,
+            optimizer,
+            diffusion,
+            x0,
+            rng,
+        })
+    }
+
+    /// Seconds of one step: draw t and ε, forward, loss, backward, clip, AdamW.
+    fn step(&mut self) -> Result<f64> {
+        let start = Instant::now();
+        let batch = self.diffusion.training_batch(&self.x0, &mut self.rng)?;
+        let pred = self.unet.forward(&batch.x_t, &batch.model_t, None, true)?;
+        let loss = self.diffusion.loss(&pred, &batch)?;
+        let mut grads = loss.backward()?;
+        clip_grad_norm(&mut grads, &self.vars, 1.0)?;
+        self.optimizer.step(&grads, 2e-4)?;
+        Ok(start.elapsed().as_secs_f64())
+    }
+
+    /// Seconds of one sampling step at this trainer's batch: forward without gradients and
+    /// the DDPM update.
+    fn sample_step(&mut self) -> Result<f64> {
+        let x_t = self.rng.randn(self.x0.shape(), &Device::Cpu)?;
+        let start = Instant::now();
+        let t = Tensor::full(499u32, x_t.dim(0)?, &Device::Cpu)?;
+        let eps = self.unet.forward(&x_t, &t, None, false)?;
+        let z = self.rng.randn(x_t.shape(), &Device::Cpu)?;
+        let x_prev = self
+            .diffusion
+            .ddpm_step(&x_t, 500, &eps, ReverseVariance::Beta, &z)?;
+        x_prev.sum_all()?.to_scalar::<f32>()?;
+        Ok(start.elapsed().as_secs_f64())
+    }
+}
+
+/// The PyTorch worker process.
+struct Twin {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    torch: String,
+}
+
+impl Twin {
+    fn start(python: Option<&PathBuf>, config: &UNetConfig, threads: usize) -> Result<Self> {
+        let script = PathBuf::from("scripts/bench_pytorch.py");
+        if !script.is_file() {
+            bail!(
+                "{} not found: run from the repository root",
+                script.display()
             );
-            Ok(start.elapsed().as_secs_f64() * 1e3)
+        }
+        let python = python.cloned().unwrap_or_else(|| {
+            let venv = PathBuf::from(".venv/bin/python");
+            if venv.is_file() {
+                venv
+            } else {
+                PathBuf::from("python3")
+            }
+        });
+        let config_path =
+            std::env::temp_dir().join(format!("ddpm-bench-unet-{}.json", std::process::id()));
+        std::fs::write(&config_path, config.to_diffusers_json())?;
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--threads")
+            .arg(threads.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {} {}", python.display(), script.display()))?;
+        let stdin = child.stdin.take().context("twin stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("twin stdout")?);
+        let mut twin = Self {
+            child,
+            stdin,
+            stdout,
+            torch: String::new(),
         };
-        forward()?;
-        forward_backward()?;
-        let fwd = median_ms((0..self.reps).map(|_| forward()).collect::<Result<_>>()?);
-        let fwd_bwd = median_ms(
-            (0..self.reps)
-                .map(|_| forward_backward())
-                .collect::<Result<_>>()?,
-        );
+        let hello = twin.read()?;
+        twin.torch = hello["torch"].as_str().unwrap_or("?").to_string();
+        Ok(twin)
+    }
+
+    fn read(&mut self) -> Result<serde_json::Value> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        if line.is_empty() {
+            bail!("the PyTorch twin exited (see its messages above)");
+        }
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("the PyTorch twin said {line:?}"))?;
+        if let Some(err) = value.get("error") {
+            bail!("the PyTorch twin failed: {err}");
+        }
+        Ok(value)
+    }
+
+    fn ask(&mut self, request: &str, key: &str) -> Result<f64> {
+        writeln!(self.stdin, "{request}")?;
+        self.stdin.flush()?;
+        self.read()?[key]
+            .as_f64()
+            .with_context(|| format!("the PyTorch twin's answer to {request:?} has no {key}"))
+    }
+}
+
+impl Drop for Twin {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        let _ = self.child.wait();
+    }
+}
+
+/// Our matmul rate: the median of 1024³ f32 products, in GFLOP/s.
+fn sgemm_gflops(reps: usize) -> Result<f64> {
+    let n = 1024;
+    let mut rng = NoiseRng::new(2);
+    let a = rng.randn((n, n), &Device::Cpu)?;
+    let b = rng.randn((n, n), &Device::Cpu)?;
+    a.matmul(&b)?;
+    let seconds = median(
+        (0..reps.max(3))
+            .map(|_| {
+                let start = Instant::now();
+                a.matmul(&b)?;
+                Ok(start.elapsed().as_secs_f64())
+            })
+            .collect::<Result<_>>()?,
+    );
+    Ok(2.0 * (n * n * n) as f64 / seconds / 1e9)
+}
+
+impl BenchCommand {
+    fn model_config(&self) -> Result<UNetConfig> {
+        if self.config.ends_with(".toml") {
+            let config = crate::config::RunConfig::load(std::path::Path::new(&self.config), &[])?;
+            return config.model.resolve();
+        }
+        Ok(UNetConfig::preset(&self.config)?)
+    }
+
+    pub fn run(&self) -> Result<()> {
+        if self.reps == 0 || self.sample_batch == 0 || self.batches.contains(&0) {
+            bail!("--reps, --batch and --sample-batch must be at least 1");
+        }
+        ddpm_unet::cpu_ops::set_enabled(!self.candle_ops);
+        let config = self.model_config()?;
+        let side = config.sample_size.unwrap_or(32);
         let threads = candle_core::utils::get_num_threads();
-        println!(
-            "U-Net {} ({} parameters), batch {} of {}×{}, CPU, {threads} threads, median of {}:",
+        let mut twin = if self.vs_pytorch {
+            Some(Twin::start(self.python.as_ref(), &config, threads)?)
+        } else {
+            None
+        };
+        let ops = if self.candle_ops {
+            "candle's ops"
+        } else {
+            "our CPU kernels"
+        };
+        eprintln!(
+            "U-Net {} at {side}×{side}, CPU, {threads} threads, {ops}, median of {} (after a warm-up){}",
             self.config,
-            parameter_count(&varmap),
-            self.batch,
-            side,
-            side,
-            self.reps
+            self.reps,
+            twin.as_ref()
+                .map(|t| format!("; PyTorch {} interleaved", t.torch))
+                .unwrap_or_default()
+        );
+
+        let mut rows: Vec<serde_json::Value> = Vec::new();
+        let mut table: Vec<(String, f64, Option<f64>, &str)> = Vec::new();
+        let mut train_main = None;
+        for &batch in &self.batches {
+            let mut ours = OurTrainer::new(&config, batch, side)?;
+            ours.step()?;
+            let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+            for _ in 0..self.reps {
+                mine.push(ours.step()?);
+                if let Some(twin) = twin.as_mut() {
+                    theirs.push(twin.ask(&format!("train {batch}"), "seconds")?);
+                }
+            }
+            let ours_ips = batch as f64 / median(mine);
+            let theirs_ips = (!theirs.is_empty()).then(|| batch as f64 / median(theirs));
+            table.push((
+                format!("train, batch {batch}"),
+                ours_ips,
+                theirs_ips,
+                "images/s",
+            ));
+            rows.push(serde_json::json!({
+                "what": "train", "batch": batch, "images_per_s": ours_ips,
+                "pytorch_images_per_s": theirs_ips,
+            }));
+            if train_main.is_none() {
+                train_main = Some((batch, ours_ips, theirs_ips));
+            }
+        }
+        let mut sampler = OurTrainer::new(&config, self.sample_batch, side)?;
+        sampler.sample_step()?;
+        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..self.reps {
+            mine.push(sampler.sample_step()?);
+            if let Some(twin) = twin.as_mut() {
+                theirs.push(twin.ask(&format!("sample {}", self.sample_batch), "seconds")?);
+            }
+        }
+        let sample_ms = median(mine) * 1e3;
+        let theirs_sample_ms = (!theirs.is_empty()).then(|| median(theirs) * 1e3);
+        table.push((
+            format!("sampling step, batch {}", self.sample_batch),
+            sample_ms,
+            theirs_sample_ms,
+            "ms",
+        ));
+        let gflops = sgemm_gflops(self.reps)?;
+        let rss = peak_rss_mib();
+
+        println!("{:<26} {:>12} {:>12} {:>8}", "", "ours", "pytorch", "ratio");
+        for (what, ours, theirs, unit) in &table {
+            let ratio = theirs.map(|t| if *unit == "ms" { t / ours } else { ours / t });
+            println!(
+                "{:<26} {:>12} {:>12} {:>8}  {unit}",
+                what,
+                format!("{ours:.2}"),
+                theirs.map_or("-".into(), |t| format!("{t:.2}")),
+                ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+            );
+        }
+        println!(
+            "{:<26} {:>12.0} {:>12} {:>8}  MiB",
+            "peak RSS", rss, "-", "-"
         );
         println!(
-            "  forward             {fwd:9.1} ms/batch  {:8.1} images/s",
-            self.batch as f64 / fwd * 1e3
+            "{:<26} {:>12.1} {:>12} {:>8}  GFLOP/s",
+            "sgemm 1024³", gflops, "-", "-"
         );
-        println!(
-            "  forward + backward  {fwd_bwd:9.1} ms/batch  {:8.1} images/s",
-            self.batch as f64 / fwd_bwd * 1e3
-        );
+
+        let mut report = serde_json::json!({
+            "config": self.config, "threads": threads, "reps": self.reps,
+            "kernels": if self.candle_ops { "candle" } else { "ddpm" },
+            "results": rows,
+            "sample_step_ms": sample_ms, "pytorch_sample_step_ms": theirs_sample_ms,
+            "peak_rss_mib": rss, "sgemm_gflops": gflops,
+        });
+        if let (Some(twin), Some((batch, ours_ips, theirs_ips))) = (twin.as_mut(), train_main) {
+            let flops = twin.ask(&format!("flops {batch}"), "flops")?;
+            let per_image = flops / batch as f64;
+            let achieved = ours_ips * per_image / 1e9;
+            println!(
+                "training step: {:.2} GFLOP per image (forward + backward, FlopCounterMode), {achieved:.1} GFLOP/s = {:.0}% of sgemm",
+                per_image / 1e9,
+                100.0 * achieved / gflops
+            );
+            report["gflop_per_image"] = serde_json::json!(per_image / 1e9);
+            report["train_gflops"] = serde_json::json!(achieved);
+            let theirs_ips = theirs_ips.unwrap_or(f64::NAN);
+            let sample_ratio = theirs_sample_ms.map_or(f64::NAN, |t| t / sample_ms);
+            println!(
+                "train_images_per_s={ours_ips:.2} pytorch_train_images_per_s={theirs_ips:.2} train_ratio={:.2} sample_ratio={sample_ratio:.2}",
+                ours_ips / theirs_ips
+            );
+        }
         if let Some(path) = &self.json {
-            let report = serde_json::json!({
-                "config": self.config, "parameters": parameter_count(&varmap), "batch": self.batch,
-                "threads": threads, "reps": self.reps, "forward_ms": fwd, "forward_backward_ms": fwd_bwd,
-            });
             std::fs::write(path, serde_json::to_string_pretty(&report)?)
                 .with_context(|| format!("writing {}", path.display()))?;
         }

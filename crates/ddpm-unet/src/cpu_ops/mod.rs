@@ -2,7 +2,8 @@
 //! U-Net's training step: 2-D convolution (im2col/col2im around a gemm, parallel over the
 //! batch) and GroupNorm with an optional fused SiLU. candle 0.11's own CPU convolution
 //! backward goes through a plain-loop transposed convolution, and its GroupNorm is a chain
-//! of small single-threaded tensor ops; these replace both on the CPU for f32 and f64.
+//! of small single-threaded tensor ops; these replace both on the CPU for f32 and f64, and
+//! the attention's softmax gets one fused pass per row.
 //!
 //! On other devices and dtypes the layers fall back to candle's ops (cuDNN on CUDA), and
 //! [`set_enabled`] switches the kernels off process-wide, for benchmarks against candle.
@@ -12,6 +13,7 @@
 mod conv2d;
 mod element;
 mod group_norm;
+mod softmax;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -19,6 +21,7 @@ use candle_core::{DType, Tensor};
 
 pub use conv2d::conv2d;
 pub use group_norm::group_norm;
+pub use softmax::softmax_last_dim;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 

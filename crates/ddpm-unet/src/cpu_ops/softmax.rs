@@ -1,0 +1,142 @@
+//! softmax(s·x) over the last dimension in one pass per row, with its backward, parallel over
+//! rows: y_i = e^(s·x_i − m)/Σ_j e^(s·x_j − m), m = max_j s·x_j;
+//! ∂L/∂x_i = s·y_i·(g_i − Σ_j g_j·y_j).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::element::{contiguous, dispatch, Element};
+
+/// Rows per parallel task (keeps tasks large enough to amortise scheduling).
+const ROWS_PER_TASK: usize = 64;
+
+fn forward<T: Element>(x: &[T], cols: usize, scale: f64) -> Vec<T> {
+    let mut y = vec![T::ZERO; x.len()];
+    y.par_chunks_mut(cols * ROWS_PER_TASK)
+        .zip(x.par_chunks(cols * ROWS_PER_TASK))
+        .for_each(|(y_rows, x_rows)| {
+            for (y, x) in y_rows.chunks_mut(cols).zip(x_rows.chunks(cols)) {
+                let max = x
+                    .iter()
+                    .map(|v| v.to_f64())
+                    .fold(f64::NEG_INFINITY, f64::max)
+                    * scale;
+                let mut sum = 0.0f64;
+                for (o, &v) in y.iter_mut().zip(x) {
+                    let e = (v.to_f64() * scale - max).exp();
+                    sum += e;
+                    *o = T::from_f64(e);
+                }
+                let inv = T::from_f64(1.0 / sum);
+                for o in y.iter_mut() {
+                    *o = *o * inv;
+                }
+            }
+        });
+    y
+}
+
+fn backward<T: Element>(y: &[T], grad: &[T], cols: usize, scale: f64) -> Vec<T> {
+    let mut dx = vec![T::ZERO; y.len()];
+    dx.par_chunks_mut(cols * ROWS_PER_TASK)
+        .zip(
+            y.par_chunks(cols * ROWS_PER_TASK)
+                .zip(grad.par_chunks(cols * ROWS_PER_TASK)),
+        )
+        .for_each(|(dx_rows, (y_rows, g_rows))| {
+            for ((dx, y), g) in dx_rows
+                .chunks_mut(cols)
+                .zip(y_rows.chunks(cols))
+                .zip(g_rows.chunks(cols))
+            {
+                let dot: f64 = y.iter().zip(g).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
+                let dot = T::from_f64(dot);
+                let s = T::from_f64(scale);
+                for ((o, &yv), &gv) in dx.iter_mut().zip(y).zip(g) {
+                    *o = s * yv * (gv - dot);
+                }
+            }
+        });
+    dx
+}
+
+struct Softmax {
+    scale: f64,
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "ddpm-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let cols = layout.dims().last().copied().unwrap_or(1).max(1);
+        dispatch!(storage, "ddpm-softmax", |T| {
+            let x = contiguous::<T>(storage, layout, "ddpm-softmax")?;
+            Ok((
+                T::storage(forward(x, cols, self.scale)),
+                layout.shape().clone(),
+            ))
+        })
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dx =
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward { scale: self.scale })?;
+        Ok(Some(dx))
+    }
+}
+
+/// ∂L/∂x on (y, grad).
+struct SoftmaxBackward {
+    scale: f64,
+}
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "ddpm-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "softmax backward: shapes {:?} and {:?}",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let cols = l1.dims().last().copied().unwrap_or(1).max(1);
+        dispatch!(s1, "ddpm-softmax-backward", |T| {
+            let y = contiguous::<T>(s1, l1, "ddpm-softmax-backward")?;
+            let g = contiguous::<T>(s2, l2, "ddpm-softmax-backward")?;
+            Ok((
+                T::storage(backward(y, g, cols, self.scale)),
+                l1.shape().clone(),
+            ))
+        })
+    }
+}
+
+/// softmax(scale·x) over the last dimension: the fused kernel on the CPU in f32/f64;
+/// elsewhere candle's ops, composed so that every one has a backward pass (candle 0.11's
+/// fused `softmax_last_dim` records none), with the row maximum detached (softmax does not
+/// depend on it, so neither does its gradient).
+pub fn softmax_last_dim(x: &Tensor, scale: f64) -> Result<Tensor> {
+    if super::applies_to(x) {
+        return x.contiguous()?.apply_op1(Softmax { scale });
+    }
+    let x = if scale == 1.0 {
+        x.clone()
+    } else {
+        (x * scale)?
+    };
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
