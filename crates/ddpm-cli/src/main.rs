@@ -14,6 +14,11 @@ mod trained_model;
 
 use std::process::ExitCode;
 
+/// Large tensor buffers are allocated and freed many times per training step; mimalloc keeps
+/// them for reuse, where glibc's malloc unmaps them and page-faults them back in.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 use commands::{

@@ -11,6 +11,7 @@ pub(crate) trait Element:
     + std::ops::Add<Output = Self>
     + std::ops::Sub<Output = Self>
     + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
     + std::ops::AddAssign
 {
     const ZERO: Self;
@@ -19,6 +20,10 @@ pub(crate) trait Element:
     fn from_f64(v: f64) -> Self;
     /// σ(v) = 1/(1 + e^(−v)).
     fn sigmoid(self) -> Self;
+    /// e^v.
+    fn exp(self) -> Self;
+    /// The larger of two values.
+    fn max(self, other: Self) -> Self;
     /// The storage's elements, if it holds this type.
     fn slice(storage: &CpuStorage) -> Option<&[Self]>;
     /// Wraps a vector as storage.
@@ -26,6 +31,12 @@ pub(crate) trait Element:
 }
 
 impl Element for f32 {
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+    fn max(self, other: Self) -> Self {
+        f32::max(self, other)
+    }
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     fn to_f64(self) -> f64 {
@@ -49,6 +60,12 @@ impl Element for f32 {
 }
 
 impl Element for f64 {
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    fn max(self, other: Self) -> Self {
+        f64::max(self, other)
+    }
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     fn to_f64(self) -> f64 {

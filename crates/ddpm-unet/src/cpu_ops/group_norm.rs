@@ -121,35 +121,44 @@ fn backward<T: Element>(
             let (mut sum_d, mut sum_dxhat) = (0.0f64, 0.0f64);
             for c in 0..cg {
                 let range = c * g.pixels..(c + 1) * g.pixels;
-                let (gm, bt) = (gamma[first + c].to_f64(), beta[first + c].to_f64());
-                let (mut dgamma, mut dbeta) = (0.0f64, 0.0f64);
+                let (gm, bt) = (gamma[first + c], beta[first + c]);
+                let (m, r) = (T::from_f64(mean), T::from_f64(rstd));
+                // Per-channel sums in T (one channel's H·W values), totals in f64.
+                let (mut dgamma, mut dbeta, mut s_d, mut s_dxhat) =
+                    (T::ZERO, T::ZERO, T::ZERO, T::ZERO);
                 for ((d_out, &xv), &dyv) in dx_b[range.clone()]
                     .iter_mut()
                     .zip(&x_b[range.clone()])
                     .zip(&dy_b[range])
                 {
-                    let xhat = (xv.to_f64() - mean) * rstd;
-                    let mut dz = dyv.to_f64();
-                    if silu {
+                    let xhat = (xv - m) * r;
+                    let dz = if silu {
                         let z = gm * xhat + bt;
-                        let s = 1.0 / (1.0 + (-z).exp());
-                        dz *= s * (1.0 + z * (1.0 - s));
-                    }
+                        let s = z.sigmoid();
+                        dyv * s * (T::ONE + z * (T::ONE - s))
+                    } else {
+                        dyv
+                    };
                     dgamma += dz * xhat;
                     dbeta += dz;
                     let d = dz * gm;
-                    sum_d += d;
-                    sum_dxhat += d * xhat;
-                    *d_out = T::from_f64(d);
+                    s_d += d;
+                    s_dxhat += d * xhat;
+                    *d_out = d;
                 }
-                sums[c] = dgamma;
-                sums[cg + c] = dbeta;
+                sums[c] = dgamma.to_f64();
+                sums[cg + c] = dbeta.to_f64();
+                sum_d += s_d.to_f64();
+                sum_dxhat += s_dxhat.to_f64();
             }
             let n = x_b.len() as f64;
             let (mean_d, mean_dxhat) = (sum_d / n, sum_dxhat / n);
+            // ∂L/∂x = r·(d − mean(d) − x̂·mean(d·x̂)) = a·d + b·x + c.
+            let a = T::from_f64(rstd);
+            let b = T::from_f64(-rstd * rstd * mean_dxhat);
+            let c = T::from_f64(-rstd * mean_d + rstd * rstd * mean * mean_dxhat);
             for (d_out, &xv) in dx_b.iter_mut().zip(x_b) {
-                let xhat = (xv.to_f64() - mean) * rstd;
-                *d_out = T::from_f64(rstd * (d_out.to_f64() - mean_d - xhat * mean_dxhat));
+                *d_out = a * *d_out + b * xv + c;
             }
             sums
         })

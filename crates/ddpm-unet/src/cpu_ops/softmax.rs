@@ -16,18 +16,16 @@ fn forward<T: Element>(x: &[T], cols: usize, scale: f64) -> Vec<T> {
         .zip(x.par_chunks(cols * ROWS_PER_TASK))
         .for_each(|(y_rows, x_rows)| {
             for (y, x) in y_rows.chunks_mut(cols).zip(x_rows.chunks(cols)) {
-                let max = x
-                    .iter()
-                    .map(|v| v.to_f64())
-                    .fold(f64::NEG_INFINITY, f64::max)
-                    * scale;
-                let mut sum = 0.0f64;
+                let max = x.iter().copied().fold(x[0], T::max);
+                let s = T::from_f64(scale);
+                let shift = s * max;
+                let mut sum = T::ZERO;
                 for (o, &v) in y.iter_mut().zip(x) {
-                    let e = (v.to_f64() * scale - max).exp();
+                    let e = (s * v - shift).exp();
                     sum += e;
-                    *o = T::from_f64(e);
+                    *o = e;
                 }
-                let inv = T::from_f64(1.0 / sum);
+                let inv = T::ONE / sum;
                 for o in y.iter_mut() {
                     *o = *o * inv;
                 }
@@ -49,8 +47,10 @@ fn backward<T: Element>(y: &[T], grad: &[T], cols: usize, scale: f64) -> Vec<T> 
                 .zip(y_rows.chunks(cols))
                 .zip(g_rows.chunks(cols))
             {
-                let dot: f64 = y.iter().zip(g).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
-                let dot = T::from_f64(dot);
+                let mut dot = T::ZERO;
+                for (&a, &b) in y.iter().zip(g) {
+                    dot += a * b;
+                }
                 let s = T::from_f64(scale);
                 for ((o, &yv), &gv) in dx.iter_mut().zip(y).zip(g) {
                     *o = s * yv * (gv - dot);
