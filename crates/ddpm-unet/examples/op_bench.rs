@@ -1,7 +1,7 @@
 //! Times the U-Net's building blocks at the fashion-mnist model's shapes, batch 64, with the
 //! hand-written CPU kernels and with candle's ops: forward, and forward + backward.
 //!
-//! cargo run --release -p ddpm-unet --example op_bench
+//! cargo run --release -p ddpm-unet --example op_bench [NAME-FILTER [ours]]
 
 use std::time::Instant;
 
@@ -21,14 +21,24 @@ fn time(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 }
 
 fn report(name: &str, f: &dyn Fn() -> Result<Tensor>, inputs: &[&Var]) -> Result<()> {
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    if !name.contains(&filter) {
+        return Ok(());
+    }
+    let only_ours = std::env::args().nth(2).is_some_and(|a| a == "ours");
     for candle in [false, true] {
+        if candle && only_ours {
+            continue;
+        }
         cpu_ops::set_enabled(!candle);
         let fwd = time(5, || f().map(|_| ()))?;
         let both = time(5, || {
             let y = f()?;
             let g = y.sum_all()?.backward()?;
             for v in inputs {
-                g.get(v).map(|_| ()).ok_or_else(|| candle_core::Error::Msg("no grad".into()))?;
+                g.get(v)
+                    .map(|_| ())
+                    .ok_or_else(|| candle_core::Error::Msg("no grad".into()))?;
             }
             Ok(())
         })?;
@@ -73,6 +83,10 @@ fn main() -> Result<()> {
         )?;
     }
     let s = Var::from_tensor(&Tensor::randn(0f32, 1., (b * 2, 196, 196), &dev)?)?;
-    report("softmax (128,196,196)", &|| cpu_ops::softmax_last_dim(&s, 0.17), &[&s])?;
+    report(
+        "softmax (128,196,196)",
+        &|| cpu_ops::softmax_last_dim(&s, 0.17),
+        &[&s],
+    )?;
     Ok(())
 }

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::element::{contiguous, dispatch, Element};
+use super::element::{self, contiguous, dispatch, Element};
 
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
@@ -43,18 +43,11 @@ impl Geometry {
     }
 }
 
-/// (μ, r) of one block, accumulated in f64.
+/// (μ, r) of one block: two passes, partial sums combined in f64.
 fn moments<T: Element>(block: &[T], eps: f64) -> (f64, f64) {
     let n = block.len() as f64;
-    let mean = block.iter().map(|v| v.to_f64()).sum::<f64>() / n;
-    let var = block
-        .iter()
-        .map(|v| {
-            let d = v.to_f64() - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / n;
+    let mean = element::sum(block) / n;
+    let var = element::sum_squared_deviations(block, mean) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -107,10 +100,10 @@ fn backward<T: Element>(
     eps: f64,
     silu: bool,
 ) -> Vec<T> {
-    let mut dx = vec![T::ZERO; x.len()];
+    let mut dx = vec![T::ZERO; x.len() + 2 * g.channels];
     let cg = g.per_group();
     // Per block: ∂L/∂γ and ∂L/∂β of its channels.
-    let partials: Vec<Vec<f64>> = dx
+    let partials: Vec<Vec<f64>> = dx[..x.len()]
         .par_chunks_mut(g.block())
         .zip(x.par_chunks(g.block()).zip(dy.par_chunks(g.block())))
         .enumerate()
@@ -123,42 +116,45 @@ fn backward<T: Element>(
                 let range = c * g.pixels..(c + 1) * g.pixels;
                 let (gm, bt) = (gamma[first + c], beta[first + c]);
                 let (m, r) = (T::from_f64(mean), T::from_f64(rstd));
-                // Per-channel sums in T (one channel's H·W values), totals in f64.
-                let (mut dgamma, mut dbeta, mut s_d, mut s_dxhat) =
-                    (T::ZERO, T::ZERO, T::ZERO, T::ZERO);
-                for ((d_out, &xv), &dyv) in dx_b[range.clone()]
-                    .iter_mut()
-                    .zip(&x_b[range.clone()])
-                    .zip(&dy_b[range])
-                {
-                    let xhat = (xv - m) * r;
+                // First d = dz·γ into dx and dz·x̂ sums, then the sums over the channel,
+                // each vectorisable.
+                let (x_c, dy_c) = (&x_b[range.clone()], &dy_b[range.clone()]);
+                let d_c = &mut dx_b[range];
+                for ((d_out, &xv), &dyv) in d_c.iter_mut().zip(x_c).zip(dy_c) {
                     let dz = if silu {
-                        let z = gm * xhat + bt;
+                        let z = gm * ((xv - m) * r) + bt;
                         let s = z.sigmoid();
                         dyv * s * (T::ONE + z * (T::ONE - s))
                     } else {
                         dyv
                     };
-                    dgamma += dz * xhat;
-                    dbeta += dz;
-                    let d = dz * gm;
-                    s_d += d;
-                    s_dxhat += d * xhat;
-                    *d_out = d;
+                    *d_out = dz;
                 }
-                sums[c] = dgamma.to_f64();
-                sums[cg + c] = dbeta.to_f64();
-                sum_d += s_d.to_f64();
-                sum_dxhat += s_dxhat.to_f64();
+                // Σ dz·x̂ = r·(Σ dz·x − μ·Σ dz).
+                let sum_dz = element::sum(d_c);
+                let sum_dz_x = element::dot(d_c, x_c);
+                let dgamma = rstd * (sum_dz_x - mean * sum_dz);
+                let dbeta = sum_dz;
+                let gm64 = gm.to_f64();
+                sum_d += gm64 * dbeta;
+                sum_dxhat += gm64 * dgamma;
+                sums[c] = dgamma;
+                sums[cg + c] = dbeta;
             }
             let n = x_b.len() as f64;
             let (mean_d, mean_dxhat) = (sum_d / n, sum_dxhat / n);
-            // ∂L/∂x = r·(d − mean(d) − x̂·mean(d·x̂)) = a·d + b·x + c.
-            let a = T::from_f64(rstd);
+            // ∂L/∂x = r·(d − mean(d) − x̂·mean(d·x̂)) = a_c·dz + b·x + c, d = γ_c·dz.
             let b = T::from_f64(-rstd * rstd * mean_dxhat);
             let c = T::from_f64(-rstd * mean_d + rstd * rstd * mean * mean_dxhat);
-            for (d_out, &xv) in dx_b.iter_mut().zip(x_b) {
-                *d_out = a * *d_out + b * xv + c;
+            for (ch, (dx_c, x_c)) in dx_b
+                .chunks_mut(g.pixels)
+                .zip(x_b.chunks(g.pixels))
+                .enumerate()
+            {
+                let a = T::from_f64(rstd * gamma[first + ch].to_f64());
+                for (d_out, &xv) in dx_c.iter_mut().zip(x_c) {
+                    *d_out = a * *d_out + b * xv + c;
+                }
             }
             sums
         })
@@ -172,8 +168,11 @@ fn backward<T: Element>(
             dbeta[first + c] += sums[cg + c];
         }
     }
-    dx.extend(dgamma.into_iter().map(T::from_f64));
-    dx.extend(dbeta.into_iter().map(T::from_f64));
+    let n = x.len();
+    for (i, (gm, bt)) in dgamma.into_iter().zip(dbeta).enumerate() {
+        dx[n + i] = T::from_f64(gm);
+        dx[n + g.channels + i] = T::from_f64(bt);
+    }
     dx
 }
 

@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::element::{contiguous, dispatch, Element};
+use super::element::{self, contiguous, dispatch, Element};
 
 /// Rows per parallel task (keeps tasks large enough to amortise scheduling).
 const ROWS_PER_TASK: usize = 64;
@@ -16,16 +16,13 @@ fn forward<T: Element>(x: &[T], cols: usize, scale: f64) -> Vec<T> {
         .zip(x.par_chunks(cols * ROWS_PER_TASK))
         .for_each(|(y_rows, x_rows)| {
             for (y, x) in y_rows.chunks_mut(cols).zip(x_rows.chunks(cols)) {
-                let max = x.iter().copied().fold(x[0], T::max);
+                let max = element::max(x);
                 let s = T::from_f64(scale);
                 let shift = s * max;
-                let mut sum = T::ZERO;
                 for (o, &v) in y.iter_mut().zip(x) {
-                    let e = (s * v - shift).exp();
-                    sum += e;
-                    *o = e;
+                    *o = (s * v - shift).exp();
                 }
-                let inv = T::ONE / sum;
+                let inv = T::from_f64(1.0 / element::sum(y));
                 for o in y.iter_mut() {
                     *o = *o * inv;
                 }
@@ -47,10 +44,7 @@ fn backward<T: Element>(y: &[T], grad: &[T], cols: usize, scale: f64) -> Vec<T> 
                 .zip(y_rows.chunks(cols))
                 .zip(g_rows.chunks(cols))
             {
-                let mut dot = T::ZERO;
-                for (&a, &b) in y.iter().zip(g) {
-                    dot += a * b;
-                }
+                let dot = T::from_f64(element::dot(y, g));
                 let s = T::from_f64(scale);
                 for ((o, &yv), &gv) in dx.iter_mut().zip(y).zip(g) {
                     *o = s * yv * (gv - dot);
