@@ -113,7 +113,10 @@ fn train_resume_and_sample() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(run.join("step-00000008.safetensors").is_file());
-    assert!(!run.join("step-00000003.safetensors").exists(), "pruned to 2");
+    assert!(
+        !run.join("step-00000003.safetensors").exists(),
+        "pruned to 2"
+    );
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 9, "{metrics}");
 
@@ -140,17 +143,20 @@ fn train_resume_and_sample() {
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    for file in ["grid.png", "progression.png", "anim.gif", "samples.safetensors"] {
+    for file in [
+        "grid.png",
+        "progression.png",
+        "anim.gif",
+        "samples.safetensors",
+    ] {
         assert!(root.join(file).is_file(), "{file} missing");
     }
     let grid = image::open(root.join("grid.png")).unwrap();
     // 3 columns (⌈√6⌉) of 8-pixel tiles with 2-pixel borders.
     assert_eq!(grid.width(), 3 * 8 + 4 * 2);
-    let tensors = candle_core::safetensors::load(
-        root.join("samples.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
+    let tensors =
+        candle_core::safetensors::load(root.join("samples.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
     assert_eq!(tensors["images"].dims(), &[6, 1, 8, 8]);
 
     // The exported pipeline samples too, and the same seed gives the same images as the
@@ -193,10 +199,20 @@ fn bad_configs_and_paths_are_named() {
     std::fs::write(root.join("range.toml"), "").unwrap();
     let out = ddpm(
         root,
-        &["train", "--config", "range.toml", "--set", "training.ema_decay=2"],
+        &[
+            "train",
+            "--config",
+            "range.toml",
+            "--set",
+            "training.ema_decay=2",
+        ],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("training.ema_decay"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("training.ema_decay"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = ddpm(root, &["train", "--resume", "no-such-run"]);
     assert_eq!(out.status.code(), Some(1));
@@ -204,10 +220,18 @@ fn bad_configs_and_paths_are_named() {
 
     let out = ddpm(root, &["sample", "--checkpoint", "missing.safetensors"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("missing.safetensors"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("missing.safetensors"),
+        "{}",
+        stderr(&out)
+    );
 
     std::fs::write(root.join("junk.safetensors"), b"not a checkpoint").unwrap();
     let out = ddpm(root, &["sample", "--checkpoint", "junk.safetensors"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("junk.safetensors"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("junk.safetensors"),
+        "{}",
+        stderr(&out)
+    );
 }

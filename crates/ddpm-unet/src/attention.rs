@@ -52,14 +52,16 @@ impl Module for SpatialAttention {
         let _enter = self.span.enter();
         let (b, c, h, w) = x.dims4()?;
         let (heads, d) = (self.heads, c / self.heads);
-        // `.contiguous()` is load-bearing: candle 0.11's Linear (a broadcast matmul) returns
-        // wrong numbers, without an error, for this transposed 3-D layout.
+        // The projections run on one (B·HW, C) matrix: a single gemm each, where a 3-D input
+        // would make candle's Linear run B small ones (and candle 0.11's Linear returns wrong
+        // numbers, without an error, on a transposed 3-D layout).
         let tokens = self
             .group_norm
             .forward(x)?
             .reshape((b, c, h * w))?
             .transpose(1, 2)?
-            .contiguous()?; // (B, HW, C)
+            .contiguous()?
+            .reshape((b * h * w, c))?; // (B·HW, C)
         let split = |t: Tensor| -> candle_core::Result<Tensor> {
             t.reshape((b, h * w, heads, d))?
                 .transpose(1, 2)?
@@ -79,10 +81,11 @@ impl Module for SpatialAttention {
         let weights =
             crate::cpu_ops::softmax_last_dim(&scores, 1.0 / (d as f64).sqrt())?.to_dtype(dtype)?;
         let attended = weights.matmul(&v)?; // (B, heads, HW, d)
-        let merged = attended.transpose(1, 2)?.reshape((b, h * w, c))?;
+        let merged = attended.transpose(1, 2)?.reshape((b * h * w, c))?;
         let out = self
             .to_out
             .forward(&merged)?
+            .reshape((b, h * w, c))?
             .transpose(1, 2)?
             .reshape((b, c, h, w))?;
         x + out
