@@ -82,6 +82,13 @@ fn main() -> Result<()> {
             &[&x],
         )?;
     }
+    let q = Var::from_tensor(&Tensor::randn(0f32, 1., (b, 2, 196, 32), &dev)?)?;
+    let k = Var::from_tensor(&Tensor::randn(0f32, 1., (b, 2, 196, 32), &dev)?)?;
+    report(
+        "attention scores q·kᵀ (64,2,196,32)",
+        &|| q.matmul(&k.t()?),
+        &[&q, &k],
+    )?;
     let s = Var::from_tensor(&Tensor::randn(0f32, 1., (b * 2, 196, 196), &dev)?)?;
     report(
         "softmax (128,196,196)",

@@ -2,7 +2,7 @@
 //! for UNet2DModel's blocks: GroupNorm, one linear map each for q, k, v and the output,
 //! a residual connection.
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::layers::GroupNorm;
@@ -70,17 +70,13 @@ impl Module for SpatialAttention {
         let q = split(self.to_q.forward(&tokens)?)?;
         let k = split(self.to_k.forward(&tokens)?)?;
         let v = split(self.to_v.forward(&tokens)?)?;
-        let dtype = q.dtype();
-        // Scores and softmax in f32 for half-precision models (diffusers' upcast_softmax);
-        // f32 and f64 models keep their own precision.
-        let work = match dtype {
-            DType::F16 | DType::BF16 => DType::F32,
-            other => other,
-        };
-        let scores = q.to_dtype(work)?.matmul(&k.to_dtype(work)?.t()?)?;
-        let weights =
-            crate::cpu_ops::softmax_last_dim(&scores, 1.0 / (d as f64).sqrt())?.to_dtype(dtype)?;
-        let attended = weights.matmul(&v)?; // (B, heads, HW, d)
+        let attended = crate::cpu_ops::attention(
+            &q.reshape((b * heads, h * w, d))?,
+            &k.reshape((b * heads, h * w, d))?,
+            &v.reshape((b * heads, h * w, d))?,
+            1.0 / (d as f64).sqrt(),
+        )?
+        .reshape((b, heads, h * w, d))?;
         let merged = attended.transpose(1, 2)?.reshape((b * h * w, c))?;
         let out = self
             .to_out

@@ -173,7 +173,7 @@ fn col2im<T: Element>(g: &Geometry, cols: &[T], dx: &mut [T]) {
 
 /// dst (m×n) = [dst +] lhs (m×k) · rhs (k×n), with explicit row and column strides.
 #[allow(clippy::too_many_arguments)]
-fn matmul<T: Element>(
+pub(super) fn matmul<T: Element>(
     m: usize,
     n: usize,
     k: usize,

@@ -3,13 +3,15 @@
 //! batch) and GroupNorm with an optional fused SiLU. candle 0.11's own CPU convolution
 //! backward goes through a plain-loop transposed convolution, and its GroupNorm is a chain
 //! of small single-threaded tensor ops; these replace both on the CPU for f32 and f64, and
-//! the attention's softmax gets one fused pass per row.
+//! attention runs as one fused op per (sample, head) that recomputes its softmax weights in
+//! the backward pass.
 //!
 //! On other devices and dtypes the layers fall back to candle's ops (cuDNN on CUDA), and
 //! [`set_enabled`] switches the kernels off process-wide, for benchmarks against candle.
 //! Each kernel is checked against candle's op on random inputs and by f64 finite
 //! differences (`tests/cpu_ops.rs`).
 
+mod attention;
 mod conv2d;
 mod element;
 mod group_norm;
@@ -19,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Tensor};
 
+pub use attention::attention;
 pub use conv2d::conv2d;
 pub use group_norm::group_norm;
 pub use softmax::softmax_last_dim;
