@@ -136,9 +136,9 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
     }
 }
 
-/// Folds cols (C·KH·KW, OH·OW) back onto one sample dx (C, H, W), adding overlaps.
+/// Folds cols (C·KH·KW, OH·OW) back onto one sample dx (C, H, W), adding overlaps onto dx,
+/// which the caller provides zeroed.
 fn col2im<T: Element>(g: &Geometry, cols: &[T], dx: &mut [T]) {
-    dx.fill(T::ZERO);
     let ohw = g.out_pixels();
     for c in 0..g.c_in {
         let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
