@@ -214,6 +214,22 @@ fn bad_configs_and_paths_are_named() {
         stderr(&out)
     );
 
+    // Missing data: the error names the directory, once, and no run directory is left.
+    std::fs::write(
+        root.join("nodata.toml"),
+        "[data]\nsource = \"folder\"\ndir = \"no-such-images\"\n",
+    )
+    .unwrap();
+    let out = ddpm(root, &["train", "--config", "nodata.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("data.dir = no-such-images"), "{err}");
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+    assert!(
+        !root.join("runs").exists(),
+        "a failed start left a run directory"
+    );
+
     let out = ddpm(root, &["train", "--resume", "no-such-run"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no-such-run"), "{}", stderr(&out));

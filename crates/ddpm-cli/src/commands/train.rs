@@ -87,6 +87,11 @@ impl TrainCommand {
             config.diffusion.loss_weighting,
             &device,
         )?;
+        if resume_from.is_none() {
+            std::fs::create_dir_all(&run_dir)
+                .with_context(|| format!("creating run directory {}", run_dir.display()))?;
+            write_config(&run_dir.join("config.toml"), &config)?;
+        }
         let config_text = config.to_toml()?;
         let extra = HashMap::from([(CONFIG_ENTRY.to_string(), config_text)]);
         let mut trainer = Trainer::new(
@@ -212,9 +217,7 @@ impl TrainCommand {
             config.name,
             utc_timestamp(SystemTime::now())
         ));
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("creating run directory {}", run_dir.display()))?;
-        write_config(&run_dir.join("config.toml"), &config)?;
+        // Created once the data has loaded, so that a failed start leaves nothing behind.
         Ok((config, run_dir, None))
     }
 }
