@@ -38,8 +38,9 @@ fn keep_freed_memory() {
 use clap::{Parser, Subcommand};
 
 use commands::{
-    bench::BenchCommand, compare_schedules::CompareSchedulesCommand, sample::SampleCommand,
-    schedule::ScheduleCommand, train::TrainCommand,
+    bench::BenchCommand, compare_schedules::CompareSchedulesCommand, eval::EvalCommand,
+    sample::SampleCommand, schedule::ScheduleCommand, train::TrainCommand,
+    train_classifier::TrainClassifierCommand,
 };
 
 /// Denoising diffusion probabilistic models on candle.
@@ -56,6 +57,10 @@ enum Command {
     Train(TrainCommand),
     /// Draw images from a trained model: a grid, a progression figure, a GIF.
     Sample(SampleCommand),
+    /// Train the Fashion-MNIST classifier whose features the quality metrics use.
+    TrainClassifier(TrainClassifierCommand),
+    /// Measure samples against the test set: FID, KID, precision, recall, class histogram.
+    Eval(EvalCommand),
     /// Print a noise schedule's coefficients, one row per t = 1..T.
     Schedule(ScheduleCommand),
     /// Plot ᾱ_t of the linear and cosine schedules and noise one image with each.
@@ -80,6 +85,8 @@ fn main() -> ExitCode {
             Err(err) => Err(err),
         },
         Command::Sample(cmd) => cmd.run(),
+        Command::TrainClassifier(cmd) => cmd.run(),
+        Command::Eval(cmd) => cmd.run(),
         Command::Schedule(cmd) => cmd.run(&mut std::io::BufWriter::new(std::io::stdout().lock())),
         Command::CompareSchedules(cmd) => cmd.run(),
         Command::Bench(cmd) => cmd.run(),

@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod compare_schedules;
+pub mod eval;
 pub mod sample;
 pub mod schedule;
 pub mod train;
+pub mod train_classifier;
