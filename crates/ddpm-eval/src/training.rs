@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Var};
+use candle_core::Device;
 use candle_nn::VarMap;
 use ddpm_data::{BatchLoader, ImageDataset, LoaderConfig};
-use ddpm_train::{seeded_init, AdamW, AdamWConfig};
+use ddpm_train::{named_vars, seeded_init, AdamW, AdamWConfig};
 
 use crate::{Classifier, EvalError, Result};
 
@@ -100,16 +100,7 @@ pub fn train_classifier(
     }
     let classes = train.class_names().len().max(2);
     let (model, varmap) = Classifier::init(classes, device)?;
-    let mut named: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .map_err(|_| EvalError::InvalidOption {
-            name: "classifier",
-            reason: "variable map lock poisoned".into(),
-        })?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut named = named_vars(&varmap)?;
     seeded_init(&mut named, config.seed)?;
     let mut optimizer = AdamW::new(
         named.into_iter().collect(),

@@ -27,6 +27,6 @@ pub use checkpoint::{
 pub use ema::Ema;
 pub use error::{Result, TrainError};
 pub use grad_clip::clip_grad_norm;
-pub use seeded_init::seeded_init;
+pub use seeded_init::{named_vars, seeded_init};
 pub use trainer::{HookError, StepHook, StepReport, Trainer, TrainerConfig, METRICS_HEADER};
 pub use warmup::WarmupSchedule;

@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 
 use candle_core::{Tensor, Var};
+use candle_nn::VarMap;
 use ddpm_diffusion::NoiseRng;
 
-use crate::Result;
+use crate::{Result, TrainError};
 
 /// Re-draws every variable from the law candle-nn's constructors use, but from a seeded
 /// generator, in name order, so that the same seed gives the same initial network:
@@ -52,4 +53,20 @@ pub fn seeded_init(vars: &mut [(String, Var)], seed: u64) -> Result<()> {
         var.set(&value.to_dtype(var.dtype())?)?;
     }
     Ok(())
+}
+
+/// The variables of `varmap` with their names, sorted by name.
+pub fn named_vars(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
+    let mut named: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .map_err(|_| TrainError::InvalidOption {
+            name: "model",
+            reason: "variable map lock poisoned".into(),
+        })?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(named)
 }

@@ -15,7 +15,8 @@ use ddpm_unet::{UNet, UNetConfig};
 
 use crate::checkpoint::{checkpoint_name, prune_checkpoints, Checkpoint, TrainingProgress};
 use crate::{
-    clip_grad_norm, seeded_init, AdamW, AdamWConfig, Ema, Result, TrainError, WarmupSchedule,
+    clip_grad_norm, named_vars, seeded_init, AdamW, AdamWConfig, Ema, Result, TrainError,
+    WarmupSchedule,
 };
 
 /// The training hyper-parameters.
@@ -129,16 +130,7 @@ impl Trainer {
             source,
         })?;
         let (unet, varmap) = UNet::init(unet_config, DType::F32, &device)?;
-        let mut named: Vec<(String, Var)> = varmap
-            .data()
-            .lock()
-            .map_err(|_| TrainError::InvalidOption {
-                name: "model",
-                reason: "variable map lock poisoned".into(),
-            })?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut named = named_vars(&varmap)?;
         seeded_init(&mut named, config.seed)?;
         let vars: HashMap<String, Var> = named.iter().cloned().collect();
         let var_list = named.iter().map(|(_, v)| v.clone()).collect();

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use clap::Args;
 use ddpm_diffusion::{GaussianDiffusion, NoiseRng, ReverseVariance};
 use ddpm_schedule::{BetaSchedule, NoiseSchedule};
-use ddpm_train::{clip_grad_norm, seeded_init, AdamW, AdamWConfig};
+use ddpm_train::{clip_grad_norm, named_vars, seeded_init, AdamW, AdamWConfig};
 use ddpm_unet::{UNet, UNetConfig};
 
 /// `ddpm bench`.
@@ -78,13 +78,7 @@ impl OurTrainer {
     fn new(config: &UNetConfig, batch: usize, side: usize) -> Result<Self> {
         let device = Device::Cpu;
         let (unet, varmap) = UNet::init(config, DType::F32, &device)?;
-        let mut named: Vec<(String, Var)> = varmap
-            .data()
-            .lock()
-            .map_err(|_| anyhow::anyhow!("variable map lock poisoned"))?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut named = named_vars(&varmap)?;
         seeded_init(&mut named, 0)?;
         let vars = named.iter().map(|(_, v)| v.clone()).collect();
         let optimizer = AdamW::new(named.into_iter().collect(), AdamWConfig::default())?;

@@ -16,7 +16,7 @@ use ddpm_eval::{
 };
 
 use crate::commands::train_classifier::SHIPPED_CLASSIFIER;
-use crate::config::{DataConfig, SamplerKind};
+use crate::config::{DataConfig, SamplerArgs, SamplerKind};
 use crate::dataset::load_idx;
 use crate::device::open_device;
 use crate::generation::{generate, Request};
@@ -42,15 +42,8 @@ pub struct EvalCommand {
     /// Samples to draw with --checkpoint.
     #[arg(long, default_value_t = 10_000)]
     pub n: usize,
-    /// Sampler for --checkpoint (default: the model config's).
-    #[arg(long, value_enum)]
-    pub sampler: Option<SamplerKind>,
-    /// Sampler steps.
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// DDIM's η.
-    #[arg(long)]
-    pub eta: Option<f64>,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
     /// Seed of the samples and of KID's subsets.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -190,26 +183,10 @@ impl EvalCommand {
             bail!("--n must be at least 4 and --batch at least 1");
         }
         let model = load_trained_model(path, device)?;
-        let mut sampling = model.config.sampling.clone();
-        if let Some(kind) = self.sampler {
-            if kind != sampling.sampler {
-                sampling.steps = None;
-            }
-            sampling.sampler = kind;
-        }
-        if self.steps.is_some() {
-            sampling.steps = self.steps;
-        }
-        if let Some(eta) = self.eta {
-            sampling.eta = eta;
-        }
         let timesteps = model.config.diffusion.timesteps;
-        sampling.validate(timesteps)?;
+        let sampling = self.sampler.apply(&model.config.sampling, timesteps)?;
         let sampler = sampling.sampler(timesteps);
-        let steps = match sampler {
-            ddpm_diffusion::Sampler::Ddpm { steps, .. } => steps.unwrap_or(timesteps),
-            ddpm_diffusion::Sampler::Ddim { steps, .. } => steps,
-        };
+        let steps = sampling.step_count(timesteps);
         let diffusion = GaussianDiffusion::new(
             model.config.diffusion.noise_schedule()?,
             model.config.diffusion.objective,

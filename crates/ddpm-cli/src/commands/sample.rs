@@ -10,7 +10,7 @@ use clap::Args;
 use ddpm_data::{save_gif, save_grid, save_progression};
 use ddpm_diffusion::GaussianDiffusion;
 
-use crate::config::SamplerKind;
+use crate::config::SamplerArgs;
 use crate::device::open_device;
 use crate::generation::{generate, Request};
 use crate::progress;
@@ -30,15 +30,8 @@ pub struct SampleCommand {
     /// Images to draw.
     #[arg(long, default_value_t = 64)]
     pub n: usize,
-    /// The reverse process (default: the one the model's config names).
-    #[arg(long, value_enum)]
-    pub sampler: Option<SamplerKind>,
-    /// Sampler steps (DDPM default: all T; DDIM default: 50).
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// DDIM's η (0: deterministic).
-    #[arg(long)]
-    pub eta: Option<f64>,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
     /// Seed of every random draw.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -99,23 +92,11 @@ impl SampleCommand {
         };
         let model = load_trained_model(&path, &device)
             .with_context(|| format!("loading {}", path.display()))?;
-        let mut sampling = model.config.sampling.clone();
-        if let Some(kind) = self.sampler {
-            if kind != sampling.sampler {
-                sampling.steps = None;
-            }
-            sampling.sampler = kind;
-        }
-        if let Some(steps) = self.steps {
-            sampling.steps = Some(steps);
-        }
-        if let Some(eta) = self.eta {
-            sampling.eta = eta;
-        }
         let timesteps = model.config.diffusion.timesteps;
-        sampling
-            .validate(timesteps)
-            .map_err(|e| anyhow::anyhow!("{e:#}").context("sampler options"))?;
+        let sampling = self
+            .sampler
+            .apply(&model.config.sampling, timesteps)
+            .context("sampler options")?;
         let sampler = sampling.sampler(timesteps);
         let diffusion = GaussianDiffusion::new(
             model.config.diffusion.noise_schedule()?,
@@ -136,10 +117,7 @@ impl SampleCommand {
             .step_by(self.batch)
             .map(|start| (start, self.batch.min(self.n - start)))
             .collect();
-        let steps_per_chunk = match sampler {
-            ddpm_diffusion::Sampler::Ddpm { steps, .. } => steps.unwrap_or(timesteps),
-            ddpm_diffusion::Sampler::Ddim { steps, .. } => steps,
-        };
+        let steps_per_chunk = sampling.step_count(timesteps);
         let bar = progress::start(
             (steps_per_chunk * chunks.len()) as u64,
             "{bar:30} {pos}/{len} steps | ETA {eta} ({elapsed})",

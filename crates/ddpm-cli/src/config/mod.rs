@@ -19,7 +19,7 @@ pub use data::{DataConfig, DataSource};
 pub use diffusion::DiffusionConfig;
 pub use model::ModelSpec;
 pub use overrides::apply_override;
-pub use sampling::{SamplerKind, SamplingConfig};
+pub use sampling::{SamplerArgs, SamplerKind, SamplingConfig};
 pub use training::TrainingConfig;
 
 /// A whole training configuration.

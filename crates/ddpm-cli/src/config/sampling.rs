@@ -88,3 +88,49 @@ impl SamplingConfig {
         }
     }
 }
+
+/// The sampler options of `ddpm sample` and `ddpm eval`, each overriding the model config's.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SamplerArgs {
+    /// The reverse process (default: the one the model's config names).
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerKind>,
+    /// Sampler steps (DDPM default: all T; DDIM default: 50).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// DDIM's η (0: deterministic).
+    #[arg(long)]
+    pub eta: Option<f64>,
+}
+
+impl SamplerArgs {
+    /// `config` with these overrides, checked against T. Choosing a different sampler drops
+    /// the configured step count, so that the new sampler's default applies.
+    pub fn apply(&self, config: &SamplingConfig, timesteps: usize) -> Result<SamplingConfig> {
+        let mut sampling = config.clone();
+        if let Some(kind) = self.sampler {
+            if kind != sampling.sampler {
+                sampling.steps = None;
+            }
+            sampling.sampler = kind;
+        }
+        if self.steps.is_some() {
+            sampling.steps = self.steps;
+        }
+        if let Some(eta) = self.eta {
+            sampling.eta = eta;
+        }
+        sampling.validate(timesteps)?;
+        Ok(sampling)
+    }
+}
+
+impl SamplingConfig {
+    /// Network evaluations per image of [`sampler`](Self::sampler).
+    pub fn step_count(&self, timesteps: usize) -> usize {
+        match self.sampler(timesteps) {
+            Sampler::Ddpm { steps, .. } => steps.unwrap_or(timesteps),
+            Sampler::Ddim { steps, .. } => steps,
+        }
+    }
+}
