@@ -10,7 +10,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::conv2d::matmul;
-use super::element::{self, contiguous, dispatch, Element};
+use super::element::{contiguous, dispatch, Element};
+use super::softmax::{softmax_row, softmax_row_backward};
 
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
@@ -44,16 +45,8 @@ impl Geometry {
 fn weights<T: Element>(g: &Geometry, q: &[T], k: &[T], scale: f64, p: &mut [T]) {
     let (n, d) = (g.n, g.d);
     matmul(n, n, d, p, false, q, (d, 1), k, (1, d), Parallelism::None);
-    let s = T::from_f64(scale);
     for row in p.chunks_mut(n) {
-        let shift = s * element::max(row);
-        for x in row.iter_mut() {
-            *x = (s * *x - shift).exp();
-        }
-        let inv = T::from_f64(1.0 / element::sum(row));
-        for x in row.iter_mut() {
-            *x = *x * inv;
-        }
+        softmax_row(row, scale);
     }
 }
 
@@ -129,12 +122,8 @@ fn backward<T: Element>(g: &Geometry, q: &[T], k: &[T], v: &[T], grad: &[T], sca
                     Parallelism::None,
                 );
                 // dS = s·P ⊙ (dP − rowsum(dP ⊙ P)), in place of dP.
-                let s = T::from_f64(scale);
                 for (dp_row, p_row) in dp.chunks_mut(n).zip(p.chunks(n)) {
-                    let dot = T::from_f64(element::dot(dp_row, p_row));
-                    for (x, &pv) in dp_row.iter_mut().zip(p_row) {
-                        *x = s * pv * (*x - dot);
-                    }
+                    softmax_row_backward(dp_row, p_row, scale);
                 }
                 // dQ = dS·K; dK = dSᵀ·Q.
                 matmul(

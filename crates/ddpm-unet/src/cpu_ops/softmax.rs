@@ -10,45 +10,45 @@ use super::element::{self, contiguous, dispatch, Element};
 /// Rows per parallel task (keeps tasks large enough to amortise scheduling).
 const ROWS_PER_TASK: usize = 64;
 
+/// One row, in place: x ← softmax(s·x), shifted by the row maximum.
+pub(super) fn softmax_row<T: Element>(row: &mut [T], scale: f64) {
+    let s = T::from_f64(scale);
+    let shift = s * element::max(row);
+    for x in row.iter_mut() {
+        *x = (s * *x - shift).exp();
+    }
+    let inv = T::from_f64(1.0 / element::sum(row));
+    for x in row.iter_mut() {
+        *x = *x * inv;
+    }
+}
+
+/// One row's backward, in place: g ← s·y ⊙ (g − g·y), for y = softmax(s·x).
+pub(super) fn softmax_row_backward<T: Element>(grad: &mut [T], y: &[T], scale: f64) {
+    let dot = T::from_f64(element::dot(grad, y));
+    let s = T::from_f64(scale);
+    for (g, &yv) in grad.iter_mut().zip(y) {
+        *g = s * yv * (*g - dot);
+    }
+}
+
 fn forward<T: Element>(x: &[T], cols: usize, scale: f64) -> Vec<T> {
-    let mut y = vec![T::ZERO; x.len()];
-    y.par_chunks_mut(cols * ROWS_PER_TASK)
-        .zip(x.par_chunks(cols * ROWS_PER_TASK))
-        .for_each(|(y_rows, x_rows)| {
-            for (y, x) in y_rows.chunks_mut(cols).zip(x_rows.chunks(cols)) {
-                let max = element::max(x);
-                let s = T::from_f64(scale);
-                let shift = s * max;
-                for (o, &v) in y.iter_mut().zip(x) {
-                    *o = (s * v - shift).exp();
-                }
-                let inv = T::from_f64(1.0 / element::sum(y));
-                for o in y.iter_mut() {
-                    *o = *o * inv;
-                }
-            }
-        });
+    let mut y = x.to_vec();
+    y.par_chunks_mut(cols * ROWS_PER_TASK).for_each(|rows| {
+        for row in rows.chunks_mut(cols) {
+            softmax_row(row, scale);
+        }
+    });
     y
 }
 
 fn backward<T: Element>(y: &[T], grad: &[T], cols: usize, scale: f64) -> Vec<T> {
-    let mut dx = vec![T::ZERO; y.len()];
+    let mut dx = grad.to_vec();
     dx.par_chunks_mut(cols * ROWS_PER_TASK)
-        .zip(
-            y.par_chunks(cols * ROWS_PER_TASK)
-                .zip(grad.par_chunks(cols * ROWS_PER_TASK)),
-        )
-        .for_each(|(dx_rows, (y_rows, g_rows))| {
-            for ((dx, y), g) in dx_rows
-                .chunks_mut(cols)
-                .zip(y_rows.chunks(cols))
-                .zip(g_rows.chunks(cols))
-            {
-                let dot = T::from_f64(element::dot(y, g));
-                let s = T::from_f64(scale);
-                for ((o, &yv), &gv) in dx.iter_mut().zip(y).zip(g) {
-                    *o = s * yv * (gv - dot);
-                }
+        .zip(y.par_chunks(cols * ROWS_PER_TASK))
+        .for_each(|(dx_rows, y_rows)| {
+            for (dx, y) in dx_rows.chunks_mut(cols).zip(y_rows.chunks(cols)) {
+                softmax_row_backward(dx, y, scale);
             }
         });
     dx
