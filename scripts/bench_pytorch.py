@@ -75,6 +75,12 @@ def main():
     timesteps = 1000
     betas = torch.linspace(1e-4, 0.02, timesteps)
     alphas_cumprod = torch.cumprod(1 - betas, 0)
+    # Class-conditional configs: labels cycle through the real classes (the last embedding
+    # is the null class of guidance), as the Rust side does.
+    classes = config.get("num_class_embeds")
+
+    def labels(b):
+        return torch.arange(b) % (classes - 1) if classes else None
 
     def batch(b):
         x0 = torch.randn(b, channels, side, side)
@@ -87,7 +93,7 @@ def main():
         x_t, t, noise = batch(b)
         start = time.perf_counter()
         model.train()
-        pred = model(x_t, t).sample
+        pred = model(x_t, t, class_labels=labels(b)).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -101,7 +107,7 @@ def main():
         start = time.perf_counter()
         model.eval()
         with torch.no_grad():
-            eps = model(x_t, t).sample
+            eps = model(x_t, t, class_labels=labels(b)).sample
             beta, alpha_bar = betas[500], alphas_cumprod[500]
             x_prev = (x_t - beta / (1 - alpha_bar).sqrt() * eps) / (1 - beta).sqrt()
             x_prev = x_prev + beta.sqrt() * torch.randn_like(x_prev)
@@ -113,7 +119,7 @@ def main():
         x_t, t, noise = batch(b)
         counter = FlopCounterMode(display=False)
         with counter:
-            pred = model(x_t, t).sample
+            pred = model(x_t, t, class_labels=labels(b)).sample
             torch.nn.functional.mse_loss(pred, noise).backward()
         optimizer.zero_grad(set_to_none=True)
         return counter.get_total_flops()

@@ -71,6 +71,8 @@ struct OurTrainer {
     optimizer: AdamW,
     diffusion: GaussianDiffusion,
     x0: Tensor,
+    /// Class labels for class-conditional models: 0, 1, …, cycling through the real classes.
+    labels: Option<Tensor>,
     rng: NoiseRng,
 }
 
@@ -86,12 +88,20 @@ impl OurTrainer {
             GaussianDiffusion::epsilon(NoiseSchedule::new(BetaSchedule::linear(), 1000)?, &device)?;
         let mut rng = NoiseRng::new(1);
         let x0 = rng.randn((batch, config.in_channels, side, side), &device)?;
+        let labels = match config.null_class() {
+            Some(null) => {
+                let labels: Vec<u32> = (0..batch as u32).map(|i| i % null.max(1)).collect();
+                Some(Tensor::from_vec(labels, batch, &device)?)
+            }
+            None => None,
+        };
         Ok(Self {
             unet,
             vars,
             optimizer,
             diffusion,
             x0,
+            labels,
             rng,
         })
     }
@@ -100,7 +110,9 @@ impl OurTrainer {
     fn step(&mut self) -> Result<f64> {
         let start = Instant::now();
         let batch = self.diffusion.training_batch(&self.x0, &mut self.rng)?;
-        let pred = self.unet.forward(&batch.x_t, &batch.model_t, None, true)?;
+        let pred = self
+            .unet
+            .forward(&batch.x_t, &batch.model_t, self.labels.as_ref(), true)?;
         let loss = self.diffusion.loss(&pred, &batch)?;
         let mut grads = loss.backward()?;
         clip_grad_norm(&mut grads, &self.vars, 1.0)?;
@@ -114,7 +126,7 @@ impl OurTrainer {
         let x_t = self.rng.randn(self.x0.shape(), &Device::Cpu)?;
         let start = Instant::now();
         let t = Tensor::full(499u32, x_t.dim(0)?, &Device::Cpu)?;
-        let eps = self.unet.forward(&x_t, &t, None, false)?;
+        let eps = self.unet.forward(&x_t, &t, self.labels.as_ref(), false)?;
         let z = self.rng.randn(x_t.shape(), &Device::Cpu)?;
         let x_prev = self
             .diffusion
