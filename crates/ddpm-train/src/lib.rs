@@ -4,6 +4,7 @@
 //! - [`AdamW`]: PyTorch's AdamW update, with readable and restorable moments;
 //! - [`clip_grad_norm`]: gradient clipping by global norm;
 //! - [`WarmupSchedule`]: linear learning-rate warm-up;
+//! - [`Precision`]: f32 or bf16 mixed-precision steps on f32 master weights;
 //! - [`Ema`]: the exponential moving average of the weights that samples are drawn from;
 //! - [`Checkpoint`]: model, EMA, optimizer, step, data position and RNG state in one
 //!   safetensors file, written atomically;
@@ -16,6 +17,7 @@ mod checkpoint;
 mod ema;
 mod error;
 mod grad_clip;
+mod precision;
 mod seeded_init;
 mod trainer;
 mod warmup;
@@ -27,6 +29,7 @@ pub use checkpoint::{
 pub use ema::Ema;
 pub use error::{Result, TrainError};
 pub use grad_clip::clip_grad_norm;
+pub use precision::{mixed_precision_forward, Precision};
 pub use seeded_init::{named_vars, seeded_init};
 pub use trainer::{HookError, StepHook, StepReport, Trainer, TrainerConfig, METRICS_HEADER};
 pub use warmup::WarmupSchedule;

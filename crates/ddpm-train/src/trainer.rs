@@ -15,8 +15,8 @@ use ddpm_unet::{UNet, UNetConfig};
 
 use crate::checkpoint::{checkpoint_name, prune_checkpoints, Checkpoint, TrainingProgress};
 use crate::{
-    clip_grad_norm, named_vars, seeded_init, AdamW, AdamWConfig, Ema, Result, TrainError,
-    WarmupSchedule,
+    clip_grad_norm, mixed_precision_forward, named_vars, seeded_init, AdamW, AdamWConfig, Ema,
+    Precision, Result, TrainError, WarmupSchedule,
 };
 
 /// The training hyper-parameters.
@@ -47,6 +47,8 @@ pub struct TrainerConfig {
     /// For class-conditional models: the probability of replacing a label by the null
     /// class, which trains the unconditional branch of classifier-free guidance.
     pub class_dropout: f64,
+    /// The arithmetic of the forward and backward (the weights stay f32).
+    pub precision: Precision,
 }
 
 impl Default for TrainerConfig {
@@ -64,6 +66,7 @@ impl Default for TrainerConfig {
             keep_checkpoints: 3,
             log_every: 50,
             class_dropout: 0.1,
+            precision: Precision::F32,
         }
     }
 }
@@ -124,6 +127,12 @@ impl Trainer {
         extra: HashMap<String, String>,
     ) -> Result<Self> {
         let device = diffusion.device().clone();
+        if config.precision == Precision::Bf16 && device.is_cpu() {
+            return Err(TrainError::InvalidOption {
+                name: "precision",
+                reason: "bf16 needs a CUDA device: candle's CPU matmul has no bf16".into(),
+            });
+        }
         let run_dir = run_dir.into();
         std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Io {
             path: run_dir.clone(),
@@ -267,9 +276,21 @@ impl Trainer {
             }
             None => None,
         };
-        let prediction = self
-            .unet
-            .forward(&drawn.x_t, &drawn.model_t, labels.as_ref(), true)?;
+        let prediction = match self.config.precision {
+            Precision::F32 => {
+                self.unet
+                    .forward(&drawn.x_t, &drawn.model_t, labels.as_ref(), true)?
+            }
+            Precision::Bf16 => mixed_precision_forward(
+                &self.unet_config,
+                &self.vars,
+                Precision::Bf16.compute_dtype(),
+                &drawn.x_t,
+                &drawn.model_t,
+                labels.as_ref(),
+                true,
+            )?,
+        };
         let loss = self.diffusion.loss(&prediction, &drawn)?;
         let loss_value = loss.to_scalar::<f32>()?;
         if !loss_value.is_finite() {

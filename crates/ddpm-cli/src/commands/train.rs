@@ -12,7 +12,7 @@ use ddpm_data::{save_grid, BatchLoader, LoaderConfig};
 use ddpm_diffusion::GaussianDiffusion;
 use ddpm_train::{list_checkpoints, StepReport, Trainer};
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, TrainingPrecision};
 use crate::dataset::open_training_data;
 use crate::device::open_device;
 use crate::figures::save_loss_curve;
@@ -53,6 +53,11 @@ impl TrainCommand {
     pub fn run(&self) -> Result<bool> {
         let (config, run_dir, resume_from) = self.prepare()?;
         let device = open_device(&self.device)?;
+        if config.training.precision == TrainingPrecision::Bf16 && device.is_cpu() {
+            bail!(
+                "training.precision = \"bf16\": needs a CUDA device (candle's CPU matmul has no bf16); use \"f32\" on the CPU"
+            );
+        }
         let unet_config = config.model.resolve()?;
         let dataset = open_training_data(&config.data)?;
         if let Some(null) = unet_config.null_class() {

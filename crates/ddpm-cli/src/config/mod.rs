@@ -20,7 +20,7 @@ pub use diffusion::DiffusionConfig;
 pub use model::ModelSpec;
 pub use overrides::apply_override;
 pub use sampling::{SamplerArgs, SamplerKind, SamplingConfig};
-pub use training::TrainingConfig;
+pub use training::{TrainingConfig, TrainingPrecision};
 
 /// A whole training configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,9 +64,18 @@ impl RunConfig {
         for item in overrides {
             apply_override(&mut table, item).with_context(|| format!("--set {item}"))?;
         }
-        let config: RunConfig = table
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message().trim()))
+        // serde_path_to_error keeps the key of a failing value (`training.precision: unknown
+        // variant …`), which deserialising a table (rather than text) would lose.
+        let config: RunConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.into_inner().message().trim().to_string();
+                if path.is_empty() || path == "." {
+                    anyhow::anyhow!("{message}")
+                } else {
+                    anyhow::anyhow!("{path}: {message}")
+                }
+            })
             .with_context(|| format!("{origin}: invalid configuration"))?;
         config
             .validate()

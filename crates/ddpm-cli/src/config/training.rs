@@ -1,7 +1,7 @@
 //! `[training]`: the optimisation.
 
 use anyhow::{bail, Result};
-use ddpm_train::{AdamWConfig, TrainerConfig};
+use ddpm_train::{AdamWConfig, Precision, TrainerConfig};
 use serde::{Deserialize, Serialize};
 
 /// `[training]`.
@@ -45,6 +45,29 @@ pub struct TrainingConfig {
     pub keep_checkpoints: usize,
     /// Write a grid of EMA samples every this many steps (0: only at the end).
     pub sample_every: u64,
+    /// The arithmetic of the forward and backward: `"f32"`, or `"bf16"` (mixed precision on
+    /// f32 master weights, for GPUs).
+    pub precision: TrainingPrecision,
+}
+
+/// `training.precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainingPrecision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// bf16 forward and backward, f32 weights, optimizer and loss.
+    Bf16,
+}
+
+impl From<TrainingPrecision> for Precision {
+    fn from(p: TrainingPrecision) -> Self {
+        match p {
+            TrainingPrecision::F32 => Precision::F32,
+            TrainingPrecision::Bf16 => Precision::Bf16,
+        }
+    }
 }
 
 impl Default for TrainingConfig {
@@ -68,6 +91,7 @@ impl Default for TrainingConfig {
             checkpoint_every: 1000,
             keep_checkpoints: 3,
             sample_every: 1000,
+            precision: TrainingPrecision::F32,
         }
     }
 }
@@ -166,6 +190,7 @@ impl TrainingConfig {
             keep_checkpoints: self.keep_checkpoints,
             log_every: self.log_every,
             class_dropout: self.class_dropout,
+            precision: self.precision.into(),
         }
     }
 }
