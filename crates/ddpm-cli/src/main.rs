@@ -38,9 +38,9 @@ fn keep_freed_memory() {
 use clap::{Parser, Subcommand};
 
 use commands::{
-    bench::BenchCommand, compare_schedules::CompareSchedulesCommand, eval::EvalCommand,
-    sample::SampleCommand, schedule::ScheduleCommand, train::TrainCommand,
-    train_classifier::TrainClassifierCommand,
+    bench::BenchCommand, compare_schedules::CompareSchedulesCommand,
+    device_check::DeviceCheckCommand, eval::EvalCommand, sample::SampleCommand,
+    schedule::ScheduleCommand, train::TrainCommand, train_classifier::TrainClassifierCommand,
 };
 
 /// Denoising diffusion probabilistic models on candle.
@@ -67,6 +67,8 @@ enum Command {
     CompareSchedules(CompareSchedulesCommand),
     /// Measure training and sampling speed (optionally against PyTorch).
     Bench(BenchCommand),
+    /// Check a forward and backward of the U-Net on a device (CUDA) against the CPU.
+    DeviceCheck(DeviceCheckCommand),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
         Command::Schedule(cmd) => cmd.run(&mut std::io::BufWriter::new(std::io::stdout().lock())),
         Command::CompareSchedules(cmd) => cmd.run(),
         Command::Bench(cmd) => cmd.run(),
+        Command::DeviceCheck(cmd) => cmd.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

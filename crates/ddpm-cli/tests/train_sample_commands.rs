@@ -1,6 +1,6 @@
 //! `ddpm train` and `ddpm sample` end to end on a generated folder of 8×8 images with a tiny
 //! U-Net: the run directory's files, resuming, sampling from a checkpoint and from the
-//! exported diffusers pipeline, and errors that name what is wrong.
+//! exported diffusers pipeline, errors that name what is wrong, and `device-check`.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -182,6 +182,32 @@ fn train_resume_and_sample() {
     assert_eq!(a.as_raw(), b.as_raw());
 }
 
+/// `device-check` on the CPU: the network with candle's ops against ours, forward and
+/// backward, to 1e-4; a CUDA device in a build without CUDA is a clear error.
+#[test]
+fn device_check_compares_the_cpu_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::write(root.join("tiny.toml"), CONFIG).unwrap();
+    let args = ["device-check", "--config", "tiny.toml", "--batch", "2"];
+    let out = ddpm(root, &[&args[..], &["--device", "cpu"]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    assert!(
+        stdout.contains("PASS") && stdout.contains("∂L/∂"),
+        "{stdout}"
+    );
+    if !cfg!(feature = "cuda") {
+        let out = ddpm(root, &[&args[..], &["--device", "cuda"]].concat());
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("built without CUDA"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
 #[test]
 fn bad_configs_and_paths_are_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -213,6 +239,28 @@ fn bad_configs_and_paths_are_named() {
         "{}",
         stderr(&out)
     );
+
+    for (value, expected) in [("bf16", "needs a CUDA device"), ("fp8", "unknown variant")] {
+        let set = format!("training.precision={value}");
+        let out = ddpm(
+            root,
+            &[
+                "train",
+                "--config",
+                "range.toml",
+                "--device",
+                "cpu",
+                "--set",
+                &set,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(
+            err.contains("training.precision") && err.contains(expected),
+            "{err}"
+        );
+    }
 
     // Missing data: the error names the directory, once, and no run directory is left.
     std::fs::write(

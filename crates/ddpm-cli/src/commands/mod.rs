@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod compare_schedules;
+pub mod device_check;
 pub mod eval;
 pub mod sample;
 pub mod schedule;
