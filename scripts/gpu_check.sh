@@ -83,6 +83,13 @@ for batch in $batches; do
   done
 done
 
+say "== 2b. the same from ddpm bench (model only, no data pipeline), f32 and bf16"
+for precision in $precisions; do
+  "$ddpm" bench --device "$device" --precision "$precision" --reps 10 \
+    $(for b in $batches; do echo --batch "$b"; done) --sample-batch 64 \
+    --json "$out/bench-$precision.json" 2>&1 | tee -a "$summary" || status=1
+done
+
 say "== 3. sampling $sample_n images, DDIM-$sample_steps"
 checkpoint="$(ls "$out"/runs-*-f32/*/step-*.safetensors 2>/dev/null | head -n 1)"
 if [[ -d assets/fashion-mnist-ddpm ]]; then

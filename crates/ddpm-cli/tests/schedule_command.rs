@@ -166,4 +166,7 @@ fn bench_prints_its_table() {
     let out = ddpm(&["bench", "--config", "imagenet"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model preset"));
+    let out = ddpm(&["bench", "--precision", "bf16", "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--precision bf16: needs a CUDA device"));
 }

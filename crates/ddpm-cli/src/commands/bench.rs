@@ -2,6 +2,7 @@
 //! matrix-multiply rate, and (with `--vs-pytorch`) the same for diffusers' `UNet2DModel`
 //! with the same config, measured interleaved in one run.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -12,8 +13,12 @@ use candle_core::{DType, Device, Tensor, Var};
 use clap::Args;
 use ddpm_diffusion::{GaussianDiffusion, NoiseRng, ReverseVariance};
 use ddpm_schedule::{BetaSchedule, NoiseSchedule};
-use ddpm_train::{clip_grad_norm, named_vars, seeded_init, AdamW, AdamWConfig};
+use ddpm_train::{
+    clip_grad_norm, mixed_precision_forward, named_vars, seeded_init, AdamW, AdamWConfig, Precision,
+};
 use ddpm_unet::{UNet, UNetConfig};
+
+use crate::device::open_device;
 
 /// `ddpm bench`.
 #[derive(Debug, Clone, Args)]
@@ -43,6 +48,12 @@ pub struct BenchCommand {
     /// Write the numbers as JSON here too.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto (`--vs-pytorch` compares on the CPU only).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Training arithmetic: f32, or bf16 (mixed precision on f32 weights; CUDA only).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
 }
 
 /// Median of samples.
@@ -67,6 +78,10 @@ fn peak_rss_mib() -> f64 {
 /// One training step of ours, set up once per batch size.
 struct OurTrainer {
     unet: UNet,
+    config: UNetConfig,
+    weights: HashMap<String, Var>,
+    precision: Precision,
+    device: Device,
     vars: Vec<Var>,
     optimizer: AdamW,
     diffusion: GaussianDiffusion,
@@ -77,12 +92,19 @@ struct OurTrainer {
 }
 
 impl OurTrainer {
-    fn new(config: &UNetConfig, batch: usize, side: usize) -> Result<Self> {
-        let device = Device::Cpu;
+    fn new(
+        config: &UNetConfig,
+        batch: usize,
+        side: usize,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        let device = device.clone();
         let (unet, varmap) = UNet::init(config, DType::F32, &device)?;
         let mut named = named_vars(&varmap)?;
         seeded_init(&mut named, 0)?;
         let vars = named.iter().map(|(_, v)| v.clone()).collect();
+        let weights = named.iter().cloned().collect();
         let optimizer = AdamW::new(named.into_iter().collect(), AdamWConfig::default())?;
         let diffusion =
             GaussianDiffusion::epsilon(NoiseSchedule::new(BetaSchedule::linear(), 1000)?, &device)?;
@@ -97,6 +119,10 @@ impl OurTrainer {
         };
         Ok(Self {
             unet,
+            config: config.clone(),
+            weights,
+            precision,
+            device,
             vars,
             optimizer,
             diffusion,
@@ -110,24 +136,38 @@ impl OurTrainer {
     fn step(&mut self) -> Result<f64> {
         let start = Instant::now();
         let batch = self.diffusion.training_batch(&self.x0, &mut self.rng)?;
-        let pred = self
-            .unet
-            .forward(&batch.x_t, &batch.model_t, self.labels.as_ref(), true)?;
+        let pred = match self.precision {
+            Precision::F32 => {
+                self.unet
+                    .forward(&batch.x_t, &batch.model_t, self.labels.as_ref(), true)?
+            }
+            Precision::Bf16 => mixed_precision_forward(
+                &self.config,
+                &self.weights,
+                Precision::Bf16.compute_dtype(),
+                &batch.x_t,
+                &batch.model_t,
+                self.labels.as_ref(),
+                true,
+            )?,
+        };
         let loss = self.diffusion.loss(&pred, &batch)?;
         let mut grads = loss.backward()?;
         clip_grad_norm(&mut grads, &self.vars, 1.0)?;
         self.optimizer.step(&grads, 2e-4)?;
+        self.device.synchronize()?;
         Ok(start.elapsed().as_secs_f64())
     }
 
     /// Seconds of one sampling step at this trainer's batch: forward without gradients and
     /// the DDPM update.
     fn sample_step(&mut self) -> Result<f64> {
-        let x_t = self.rng.randn(self.x0.shape(), &Device::Cpu)?;
+        let x_t = self.rng.randn(self.x0.shape(), &self.device)?;
+        self.device.synchronize()?;
         let start = Instant::now();
-        let t = Tensor::full(499u32, x_t.dim(0)?, &Device::Cpu)?;
+        let t = Tensor::full(499u32, x_t.dim(0)?, &self.device)?;
         let eps = self.unet.forward(&x_t, &t, self.labels.as_ref(), false)?;
-        let z = self.rng.randn(x_t.shape(), &Device::Cpu)?;
+        let z = self.rng.randn(x_t.shape(), &self.device)?;
         let x_prev = self
             .diffusion
             .ddpm_step(&x_t, 500, &eps, ReverseVariance::Beta, &z)?;
@@ -219,18 +259,21 @@ impl Drop for Twin {
     }
 }
 
-/// Our matmul rate: the median of 1024³ f32 products, in GFLOP/s.
-fn sgemm_gflops(reps: usize) -> Result<f64> {
-    let n = 1024;
+/// Our matmul rate on `device`: the median of n³ f32 products (n = 1024 on the CPU, 8192 on
+/// a GPU), in GFLOP/s.
+fn sgemm_gflops(reps: usize, device: &Device) -> Result<f64> {
+    let n = if device.is_cpu() { 1024 } else { 8192 };
     let mut rng = NoiseRng::new(2);
-    let a = rng.randn((n, n), &Device::Cpu)?;
-    let b = rng.randn((n, n), &Device::Cpu)?;
+    let a = rng.randn((n, n), device)?;
+    let b = rng.randn((n, n), device)?;
     a.matmul(&b)?;
+    device.synchronize()?;
     let seconds = median(
         (0..reps.max(3))
             .map(|_| {
                 let start = Instant::now();
                 a.matmul(&b)?;
+                device.synchronize()?;
                 Ok(start.elapsed().as_secs_f64())
             })
             .collect::<Result<_>>()?,
@@ -252,6 +295,18 @@ impl BenchCommand {
             bail!("--reps, --batch and --sample-batch must be at least 1");
         }
         ddpm_unet::cpu_ops::set_enabled(!self.candle_ops);
+        let device = open_device(&self.device)?;
+        let precision = match self.precision.as_str() {
+            "f32" => Precision::F32,
+            "bf16" if device.is_cpu() => {
+                bail!("--precision bf16: needs a CUDA device (candle's CPU matmul has no bf16)")
+            }
+            "bf16" => Precision::Bf16,
+            other => bail!("--precision {other}: expected f32 or bf16"),
+        };
+        if self.vs_pytorch && !device.is_cpu() {
+            bail!("--vs-pytorch compares on the CPU: drop --device or use --device cpu");
+        }
         let config = self.model_config()?;
         let side = config.sample_size.unwrap_or(32);
         let threads = candle_core::utils::get_num_threads();
@@ -265,9 +320,15 @@ impl BenchCommand {
         } else {
             "our CPU kernels"
         };
+        let (where_, ops) = if device.is_cpu() {
+            (format!("CPU, {threads} threads"), ops)
+        } else {
+            ("CUDA".to_string(), "candle's ops")
+        };
         eprintln!(
-            "U-Net {} at {side}×{side}, CPU, {threads} threads, {ops}, median of {} (after a warm-up){}",
+            "U-Net {} at {side}×{side}, {where_}, {ops}, {}, median of {} (after a warm-up){}",
             self.config,
+            precision.name(),
             self.reps,
             twin.as_ref()
                 .map(|t| format!("; PyTorch {} interleaved", t.torch))
@@ -278,7 +339,7 @@ impl BenchCommand {
         let mut table: Vec<(String, f64, Option<f64>, &str)> = Vec::new();
         let mut train_main = None;
         for &batch in &self.batches {
-            let mut ours = OurTrainer::new(&config, batch, side)?;
+            let mut ours = OurTrainer::new(&config, batch, side, &device, precision)?;
             ours.step()?;
             let (mut mine, mut theirs) = (Vec::new(), Vec::new());
             for _ in 0..self.reps {
@@ -303,7 +364,8 @@ impl BenchCommand {
                 train_main = Some((batch, ours_ips, theirs_ips));
             }
         }
-        let mut sampler = OurTrainer::new(&config, self.sample_batch, side)?;
+        let mut sampler =
+            OurTrainer::new(&config, self.sample_batch, side, &device, Precision::F32)?;
         sampler.sample_step()?;
         let (mut mine, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..self.reps {
@@ -320,7 +382,7 @@ impl BenchCommand {
             theirs_sample_ms,
             "ms",
         ));
-        let gflops = sgemm_gflops(self.reps)?;
+        let gflops = sgemm_gflops(self.reps, &device)?;
         let rss = peak_rss_mib();
 
         println!("{:<26} {:>12} {:>12} {:>8}", "", "ours", "pytorch", "ratio");
@@ -340,11 +402,19 @@ impl BenchCommand {
         );
         println!(
             "{:<26} {:>12.1} {:>12} {:>8}  GFLOP/s",
-            "sgemm 1024³", gflops, "-", "-"
+            if device.is_cpu() {
+                "sgemm 1024³"
+            } else {
+                "sgemm 8192³"
+            },
+            gflops,
+            "-",
+            "-"
         );
 
         let mut report = serde_json::json!({
             "config": self.config, "threads": threads, "reps": self.reps,
+            "device": if device.is_cpu() { "cpu" } else { "cuda" }, "precision": precision.name(),
             "kernels": if self.candle_ops { "candle" } else { "ddpm" },
             "results": rows,
             "sample_step_ms": sample_ms, "pytorch_sample_step_ms": theirs_sample_ms,
