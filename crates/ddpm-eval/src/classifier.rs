@@ -13,9 +13,14 @@ use crate::{EvalError, Result};
 /// Width of the feature layer.
 pub const CLASSIFIER_FEATURES: usize = 128;
 
+/// Outputs of the shipped Fashion-MNIST classifier: the ten classes, then "not a garment"
+/// (index 10), learned from synthetic outliers ([`crate::synthetic_outliers`]).
+pub const SHIPPED_CLASSIFIER_OUTPUTS: usize = 11;
+
 /// conv 3×3 1→32, conv 3×3/2 32→64 (14×14), conv 3×3 64→64, conv 3×3/2 64→32 (7×7), each
 /// followed by ReLU; flatten (1568) → linear 128 → ReLU (the features) → linear to the
-/// classes. 276,330 parameters for 10 classes.
+/// outputs. 276,459 parameters for 11 outputs (the ten Fashion-MNIST classes and "not a
+/// garment").
 #[derive(Debug, Clone)]
 pub struct Classifier {
     convs: Vec<Conv2d>,

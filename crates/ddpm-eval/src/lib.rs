@@ -10,12 +10,14 @@ mod classifier;
 mod error;
 mod frechet;
 mod kid;
+mod outliers;
 mod precision_recall;
 mod training;
 
-pub use classifier::{Classifier, CLASSIFIER_FEATURES};
+pub use classifier::{Classifier, CLASSIFIER_FEATURES, SHIPPED_CLASSIFIER_OUTPUTS};
 pub use error::{EvalError, Result};
 pub use frechet::{frechet_distance, sqrt_psd, symmetric_eigen, FeatureStats};
 pub use kid::{kernel_inception_distance, mmd2_unbiased};
+pub use outliers::synthetic_outliers;
 pub use precision_recall::precision_recall;
 pub use training::{accuracy, train_classifier, ClassifierTraining, EpochReport};

@@ -3,11 +3,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use ddpm_data::{BatchLoader, ImageDataset, LoaderConfig};
+use ddpm_diffusion::NoiseRng;
 use ddpm_train::{named_vars, seeded_init, AdamW, AdamWConfig};
 
+use crate::outliers::synthetic_outliers;
 use crate::{Classifier, EvalError, Result};
 
 /// Hyper-parameters of [`train_classifier`].
@@ -23,8 +25,13 @@ pub struct ClassifierTraining {
     pub weight_decay: f64,
     /// Random left-right flips of the training images.
     pub horizontal_flip: bool,
-    /// Seed of the initialisation and the data order.
+    /// Seed of the initialisation, the data order and the outliers.
     pub seed: u64,
+    /// Learn one more class, "not a garment", from synthetic outliers (noise of several
+    /// kinds, constant images; [`synthetic_outliers`]): each batch gets
+    /// `batch_size / classes` of them, as many as a real class has on average. The class's
+    /// index is the number of real classes.
+    pub outlier_class: bool,
 }
 
 impl Default for ClassifierTraining {
@@ -36,6 +43,7 @@ impl Default for ClassifierTraining {
             weight_decay: 1e-4,
             horizontal_flip: true,
             seed: 0,
+            outlier_class: true,
         }
     }
 }
@@ -53,7 +61,8 @@ pub struct EpochReport {
     pub images_per_s: f64,
 }
 
-/// Fraction of `data` the model classifies correctly.
+/// Fraction of `data` the model classifies correctly (a prediction of the outlier class is
+/// wrong).
 pub fn accuracy(model: &Classifier, data: Arc<dyn ImageDataset>, device: &Device) -> Result<f64> {
     let loader = BatchLoader::new(
         data,
@@ -99,7 +108,10 @@ pub fn train_classifier(
         });
     }
     let classes = train.class_names().len().max(2);
-    let (model, varmap) = Classifier::init(classes, device)?;
+    let outputs = classes + usize::from(config.outlier_class);
+    let (model, varmap) = Classifier::init(outputs, device)?;
+    let outliers_per_batch = (config.batch_size / classes).max(1);
+    let mut outlier_rng = NoiseRng::new(config.seed ^ 0x6f75_746c_6965_7273);
     let mut named = named_vars(&varmap)?;
     seeded_init(&mut named, config.seed)?;
     let mut optimizer = AdamW::new(
@@ -129,8 +141,20 @@ pub fn train_classifier(
         let (mut loss_sum, mut images) = (0.0f64, 0usize);
         for batch in loader.epoch(epoch, 0, device) {
             let batch = batch?;
-            let logits = model.logits(&batch.images)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
+            let (inputs, targets) = if config.outlier_class {
+                let (_, _, h, w) = batch.images.dims4()?;
+                let outliers =
+                    synthetic_outliers(outliers_per_batch, h.max(w), &mut outlier_rng, device)?;
+                let outlier_labels = Tensor::full(classes as u32, outliers_per_batch, device)?;
+                (
+                    Tensor::cat(&[&batch.images, &outliers], 0)?,
+                    Tensor::cat(&[&batch.labels, &outlier_labels], 0)?,
+                )
+            } else {
+                (batch.images.clone(), batch.labels.clone())
+            };
+            let logits = model.logits(&inputs)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
             let grads = loss.backward()?;
             let lr = config.lr * (1.0 - step as f64 / total as f64);
             optimizer.step(&grads, lr)?;

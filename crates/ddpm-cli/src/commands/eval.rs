@@ -12,7 +12,7 @@ use ddpm_data::{ImageDataset, LabeledImages, Split};
 use ddpm_diffusion::GaussianDiffusion;
 use ddpm_eval::{
     frechet_distance, kernel_inception_distance, precision_recall, Classifier, FeatureStats,
-    CLASSIFIER_FEATURES,
+    CLASSIFIER_FEATURES, SHIPPED_CLASSIFIER_OUTPUTS,
 };
 
 use crate::commands::train_classifier::SHIPPED_CLASSIFIER;
@@ -24,6 +24,9 @@ use crate::progress;
 use crate::trained_model::load_trained_model;
 
 /// What is measured in the README and the report.
+/// The histogram's name for the classifier's outlier class.
+const NOT_A_GARMENT: &str = "not a garment";
+
 const FEATURE_SPACE: &str =
     "128-d penultimate layer of the Fashion-MNIST classifier (not Inception)";
 
@@ -91,7 +94,7 @@ fn all_images(data: &LabeledImages, count: usize, device: &Device) -> Result<Ten
 impl EvalCommand {
     pub fn run(&self) -> Result<()> {
         let device = open_device(&self.device)?;
-        let classifier = Classifier::load(&self.classifier, 10, &device).with_context(|| {
+        let classifier = Classifier::load(&self.classifier, SHIPPED_CLASSIFIER_OUTPUTS, &device).with_context(|| {
             "the classifier (train it with `cargo xtask train-classifier`, or pass --classifier)"
         })?;
         let data = DataConfig {
@@ -116,7 +119,7 @@ impl EvalCommand {
         let (kid, kid_std) =
             kernel_inception_distance(&gen_features, &real_features, dim, 100, 1000, self.seed)?;
         let (precision, recall) = precision_recall(&real_features, &gen_features, dim, 3)?;
-        let mut histogram = [0usize; 10];
+        let mut histogram = [0usize; SHIPPED_CLASSIFIER_OUTPUTS];
         for &class in &gen_classes {
             histogram[class as usize] += 1;
         }
@@ -134,9 +137,14 @@ impl EvalCommand {
         println!("  recall     {recall:10.4}");
         println!("  mean classifier confidence {mean_confidence:.4}");
         println!("  class histogram (the classifier's labels of the samples):");
+        let names: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .chain([NOT_A_GARMENT])
+            .collect();
         for (name, count) in names.iter().zip(histogram) {
             println!(
-                "    {name:<12} {count:6} ({:5.1}%)",
+                "    {name:<13} {count:6} ({:5.1}%)",
                 100.0 * count as f64 / n as f64
             );
         }
@@ -144,7 +152,8 @@ impl EvalCommand {
         if let Some(path) = &self.json {
             let report = serde_json::json!({
                 "fid": fid, "kid": kid, "kid_std": kid_std, "precision": precision,
-                "recall": recall, "class_histogram": histogram, "mean_confidence": mean_confidence,
+                "recall": recall, "class_histogram": histogram, "class_names": names,
+                "mean_confidence": mean_confidence,
                 "n": n, "sampler": sampler_name, "steps": steps, "feature_space": FEATURE_SPACE,
             });
             std::fs::write(path, serde_json::to_string_pretty(&report)?)
