@@ -151,3 +151,18 @@ fn ema_copies_before_its_start_then_averages() {
         .unwrap();
     assert!((ema.tensors()["w"].to_vec1::<f64>().unwrap()[0] - 4.0).abs() < 1e-12);
 }
+
+/// The averages are outside autograd, at the start and after updates: a tracked average
+/// would hold every earlier average alive through its graph (a leak of three copies of the
+/// weights a step, which ran a training run out of memory).
+#[test]
+fn ema_averages_are_not_tracked() {
+    let w = var(&[1.0, 2.0]);
+    let vars = HashMap::from([("w".to_string(), w.clone())]);
+    let mut ema = Ema::new(&vars, 0.5, 0).unwrap();
+    assert!(!ema.tensors()["w"].track_op());
+    for step in 1..=3 {
+        ema.update(&vars, step).unwrap();
+        assert!(!ema.tensors()["w"].track_op(), "tracked after step {step}");
+    }
+}
