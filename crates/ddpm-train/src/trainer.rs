@@ -36,6 +36,8 @@ pub struct TrainerConfig {
     pub ema_decay: f64,
     /// Step from which the EMA averages (before it, it copies).
     pub ema_start: u64,
+    /// EMA decay warm-up: d_t = min(ema_decay, (1 + t)/(10 + t)) (see [`Ema`]).
+    pub ema_warmup: bool,
     /// Seed of the initialisation and of every draw (timesteps, noise, label dropout).
     pub seed: u64,
     /// Write a checkpoint every this many steps (and at the end).
@@ -61,6 +63,7 @@ impl Default for TrainerConfig {
             grad_clip: Some(1.0),
             ema_decay: 0.999,
             ema_start: 0,
+            ema_warmup: true,
             seed: 0,
             checkpoint_every: 1000,
             keep_checkpoints: 3,
@@ -144,7 +147,8 @@ impl Trainer {
         let vars: HashMap<String, Var> = named.iter().cloned().collect();
         let var_list = named.iter().map(|(_, v)| v.clone()).collect();
         let optimizer = AdamW::new(vars.clone(), config.adamw)?;
-        let ema = Ema::new(&vars, config.ema_decay, config.ema_start)?;
+        let ema =
+            Ema::new(&vars, config.ema_decay, config.ema_start)?.with_warmup(config.ema_warmup);
         let rng = NoiseRng::new(config.seed);
         Ok(Self {
             unet,

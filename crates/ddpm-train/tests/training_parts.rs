@@ -152,6 +152,27 @@ fn ema_copies_before_its_start_then_averages() {
     assert!((ema.tensors()["w"].to_vec1::<f64>().unwrap()[0] - 4.0).abs() < 1e-12);
 }
 
+/// Warm-up: d_t = min(d, (1 + t)/(10 + t)), computed by hand.
+#[test]
+fn ema_warmup_follows_the_weights_early() {
+    let w = var(&[1.0, 2.0]);
+    let vars = HashMap::from([("w".to_string(), w.clone())]);
+    let mut ema = Ema::new(&vars, 0.999, 0).unwrap().with_warmup(true);
+    assert!((ema.decay_at(1) - 2.0 / 11.0).abs() < 1e-15);
+    assert!((ema.decay_at(1000) - 1001.0 / 1010.0).abs() < 1e-15);
+    assert_eq!(ema.decay_at(100_000), 0.999);
+    w.set(&Tensor::new(&[11.0f64, 2.0], &Device::Cpu).unwrap())
+        .unwrap();
+    ema.update(&vars, 1).unwrap(); // (2/11)·(1, 2) + (9/11)·(11, 2) = (9 + 2/11, 2)
+    let got = ema.tensors()["w"].to_vec1::<f64>().unwrap();
+    assert!(
+        (got[0] - (9.0 + 2.0 / 11.0)).abs() < 1e-12 && (got[1] - 2.0).abs() < 1e-12,
+        "{got:?}"
+    );
+    // Without warm-up the decay is constant.
+    assert_eq!(Ema::new(&vars, 0.999, 0).unwrap().decay_at(1), 0.999);
+}
+
 /// The averages are outside autograd, at the start and after updates: a tracked average
 /// would hold every earlier average alive through its graph (a leak of three copies of the
 /// weights a step, which ran a training run out of memory).

@@ -32,6 +32,8 @@ pub struct TrainingConfig {
     pub ema_decay: f64,
     /// Step from which the EMA averages (it copies the weights before).
     pub ema_start: u64,
+    /// Warm the EMA decay up: d_t = min(ema_decay, (1 + t)/(10 + t)), as diffusers' EMAModel.
+    pub ema_warmup: bool,
     /// Class-conditional models: probability of dropping a label to the null class
     /// (trains the unconditional branch of classifier-free guidance).
     pub class_dropout: f64,
@@ -85,6 +87,7 @@ impl Default for TrainingConfig {
             grad_clip: 1.0,
             ema_decay: 0.999,
             ema_start: 0,
+            ema_warmup: true,
             class_dropout: 0.1,
             seed: 0,
             log_every: 50,
@@ -185,6 +188,7 @@ impl TrainingConfig {
             grad_clip: (self.grad_clip > 0.0).then_some(self.grad_clip),
             ema_decay: self.ema_decay,
             ema_start: self.ema_start,
+            ema_warmup: self.ema_warmup,
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
             keep_checkpoints: self.keep_checkpoints,
