@@ -282,14 +282,6 @@ fn sgemm_gflops(reps: usize, device: &Device) -> Result<f64> {
 }
 
 impl BenchCommand {
-    fn model_config(&self) -> Result<UNetConfig> {
-        if self.config.ends_with(".toml") {
-            let config = crate::config::RunConfig::load(std::path::Path::new(&self.config), &[])?;
-            return config.model.resolve();
-        }
-        Ok(UNetConfig::preset(&self.config)?)
-    }
-
     pub fn run(&self) -> Result<()> {
         if self.reps == 0 || self.sample_batch == 0 || self.batches.contains(&0) {
             bail!("--reps, --batch and --sample-batch must be at least 1");
@@ -307,7 +299,7 @@ impl BenchCommand {
         if self.vs_pytorch && !device.is_cpu() {
             bail!("--vs-pytorch compares on the CPU: drop --device or use --device cpu");
         }
-        let config = self.model_config()?;
+        let config = crate::config::model_from_spec(&self.config)?;
         let side = config.sample_size.unwrap_or(32);
         let threads = candle_core::utils::get_num_threads();
         let mut twin = if self.vs_pytorch {

@@ -13,7 +13,6 @@
 //! whole network.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
@@ -68,14 +67,6 @@ fn max_difference(a: &Tensor, b: &Tensor) -> Result<(f64, f64)> {
 }
 
 impl DeviceCheckCommand {
-    fn model_config(&self) -> Result<UNetConfig> {
-        if self.config.ends_with(".toml") {
-            let config = crate::config::RunConfig::load(Path::new(&self.config), &[])?;
-            return config.model.resolve();
-        }
-        Ok(UNetConfig::preset(&self.config)?)
-    }
-
     /// The forward and backward on `device` with the weights `weights`.
     fn pass(
         config: &UNetConfig,
@@ -125,7 +116,7 @@ impl DeviceCheckCommand {
         if self.batch == 0 {
             bail!("--batch 0: expected at least 1");
         }
-        let config = self.model_config()?;
+        let config = crate::config::model_from_spec(&self.config)?;
         let device = open_device(&self.device)?;
         let side = config.sample_size.unwrap_or(32);
 

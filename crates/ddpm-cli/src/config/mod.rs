@@ -22,6 +22,17 @@ pub use overrides::apply_override;
 pub use sampling::{SamplerArgs, SamplerKind, SamplingConfig};
 pub use training::{TrainingConfig, TrainingPrecision};
 
+/// The U-Net a `--config` value names: a model preset (`fashion-mnist`, …), or a run config
+/// file (`.toml`) whose model is used.
+pub fn model_from_spec(spec: &str) -> Result<ddpm_unet::UNetConfig> {
+    if spec.ends_with(".toml") {
+        return RunConfig::load(std::path::Path::new(spec), &[])?
+            .model
+            .resolve();
+    }
+    Ok(ddpm_unet::UNetConfig::preset(spec)?)
+}
+
 /// A whole training configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
