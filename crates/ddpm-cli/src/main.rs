@@ -10,6 +10,7 @@ mod device;
 mod figures;
 mod generation;
 mod progress;
+mod sample_file;
 mod trained_model;
 
 use std::process::ExitCode;

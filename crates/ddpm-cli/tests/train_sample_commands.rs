@@ -158,6 +158,13 @@ fn train_resume_and_sample() {
         candle_core::safetensors::load(root.join("samples.safetensors"), &candle_core::Device::Cpu)
             .unwrap();
     assert_eq!(tensors["images"].dims(), &[6, 1, 8, 8]);
+    // The header records how they were drawn, for `ddpm eval --samples`.
+    let bytes = std::fs::read(root.join("samples.safetensors")).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let metadata = header.metadata().clone().unwrap();
+    assert_eq!(metadata["steps"], "4");
+    assert_eq!(metadata["seed"], "0");
+    assert_eq!(metadata["batches"], "1");
 
     // The exported pipeline samples too, and the same seed gives the same images as the
     // checkpoint's EMA weights (they are the same weights and config).

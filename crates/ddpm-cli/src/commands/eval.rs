@@ -21,6 +21,7 @@ use crate::dataset::load_idx;
 use crate::device::open_device;
 use crate::generation::{generate, Request};
 use crate::progress;
+use crate::sample_file::read_samples;
 use crate::trained_model::load_trained_model;
 
 /// What is measured in the README and the report.
@@ -36,9 +37,10 @@ pub struct EvalCommand {
     /// Draw the samples from this model (a `ddpm train` checkpoint or a diffusers directory).
     #[arg(long, value_name = "PATH", conflicts_with_all = ["samples", "from_train"])]
     pub checkpoint: Option<PathBuf>,
-    /// Evaluate samples drawn earlier (`ddpm sample --tensors FILE`).
-    #[arg(long, value_name = "FILE", conflicts_with = "from_train")]
-    pub samples: Option<PathBuf>,
+    /// Evaluate samples drawn earlier (`ddpm sample --tensors FILE`); several files (drawn
+    /// with different seeds) are evaluated together.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "from_train")]
+    pub samples: Vec<PathBuf>,
     /// Evaluate the first N training images instead of samples (the floor of the metrics).
     #[arg(long, value_name = "N")]
     pub from_train: Option<usize>,
@@ -176,14 +178,12 @@ impl EvalCommand {
                 None,
             ));
         }
-        if let Some(path) = &self.samples {
-            let tensors = candle_core::safetensors::load(path, device)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let images = tensors
-                .get("images")
-                .with_context(|| format!("{}: no `images` tensor", path.display()))?
-                .to_dtype(candle_core::DType::F32)?;
-            return Ok((images, "samples-file".into(), None));
+        if !self.samples.is_empty() {
+            let set = read_samples(&self.samples, device)?;
+            return Ok(match set.provenance {
+                Some(p) => (set.images, p.sampler, Some(p.steps)),
+                None => (set.images, "samples-file".into(), None),
+            });
         }
         let Some(path) = &self.checkpoint else {
             bail!("give --checkpoint PATH, --samples FILE or --from-train N");

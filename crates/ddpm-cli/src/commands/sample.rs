@@ -10,10 +10,11 @@ use clap::Args;
 use ddpm_data::{save_gif, save_grid, save_progression};
 use ddpm_diffusion::GaussianDiffusion;
 
-use crate::config::SamplerArgs;
+use crate::config::{SamplerArgs, SamplerKind};
 use crate::device::open_device;
 use crate::generation::{generate, Request};
 use crate::progress;
+use crate::sample_file::{write_samples, Provenance};
 use crate::trained_model::load_trained_model;
 
 /// The pretrained Fashion-MNIST model shipped in the repository (a diffusers `DDPMPipeline`
@@ -57,7 +58,8 @@ pub struct SampleCommand {
     /// only when n ≤ batch.
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
-    /// Also save the raw samples (N, C, H, W, values in [−1, 1]) as safetensors, for `eval`.
+    /// Also save the raw samples (N, C, H, W, values in [−1, 1]) as safetensors, for `eval`;
+    /// the header records the model, sampler, steps, η, guidance and seeds.
     #[arg(long)]
     pub tensors: Option<PathBuf>,
     /// cpu, cuda, cuda:N or auto.
@@ -171,11 +173,23 @@ impl SampleCommand {
             self.out.display()
         );
         if let Some(tensors) = &self.tensors {
-            candle_core::safetensors::save(
-                &std::collections::HashMap::from([("images".to_string(), images.clone())]),
-                tensors,
-            )
-            .with_context(|| format!("writing {}", tensors.display()))?;
+            let provenance = Provenance {
+                checkpoint: path.display().to_string(),
+                sampler: match sampling.sampler {
+                    SamplerKind::Ddpm => "ddpm".into(),
+                    SamplerKind::Ddim => "ddim".into(),
+                },
+                steps: steps_per_chunk,
+                eta: match sampling.sampler {
+                    SamplerKind::Ddpm => 0.0,
+                    SamplerKind::Ddim => sampling.eta,
+                },
+                guidance: self.guidance,
+                class: self.class,
+                seed: self.seed,
+                batches: chunks.len() as u64,
+            };
+            write_samples(tensors, &images, &provenance)?;
             eprintln!("raw samples -> {}", tensors.display());
         }
         let frames = frames.into_iter().next().unwrap_or_default();
