@@ -45,7 +45,9 @@ fn randn(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
 }
 
 /// (input shape, weight shape, stride, padding)
-const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 7] = [
+/// (x shape, weight shape, stride, padding). Stride 1 with OW = W (cases 0, 5, 7, 8, 9)
+/// takes the row-shift im2col/col2im; the others the general one.
+const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 10] = [
     ([4, 3, 7, 9], [5, 3, 3, 3], 1, 1),
     ([3, 4, 8, 8], [4, 4, 3, 3], 2, 1),
     ([3, 4, 9, 7], [2, 4, 3, 3], 2, 0),
@@ -53,6 +55,9 @@ const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 7] = [
     ([2, 2, 6, 5], [3, 2, 3, 3], 1, 0),
     ([1, 3, 6, 6], [4, 3, 3, 3], 1, 1),
     ([3, 2, 5, 6], [2, 2, 5, 3], 3, 2),
+    ([2, 3, 6, 7], [2, 3, 5, 5], 1, 2),
+    ([2, 2, 4, 5], [3, 2, 1, 3], 1, 1),
+    ([2, 2, 4, 1], [3, 2, 3, 3], 1, 1),
 ];
 
 #[test]

@@ -68,6 +68,11 @@ impl Geometry {
     fn out_pixels(&self) -> usize {
         self.oh * self.ow
     }
+    /// Stride 1 and an output as wide as the input (KW = 2p + 1, e.g. 3×3 with padding 1):
+    /// each tap's patches are the input shifted by a constant offset (see [`TapShift`]).
+    fn is_row_shift(&self) -> bool {
+        self.stride == 1 && self.ow == self.w
+    }
     /// A 1×1 convolution with stride 1 and no padding needs no unfolding: cols = x.
     fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
@@ -105,6 +110,120 @@ fn valid_range(g: &Geometry, v: usize, size: usize, out: usize) -> (usize, usize
 
 /// Unfolds one sample x (C, H, W) into cols (C·KH·KW, OH·OW).
 fn im2col<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
+    if g.is_row_shift() {
+        im2col_row_shift(g, x, cols)
+    } else {
+        im2col_general(g, x, cols)
+    }
+}
+
+/// Folds cols (C·KH·KW, OH·OW) back onto one sample dx (C, H, W), adding overlaps onto dx,
+/// which the caller provides zeroed. cols is scratch: its padding entries are zeroed.
+fn col2im<T: Element>(g: &Geometry, cols: &mut [T], dx: &mut [T]) {
+    if g.is_row_shift() {
+        col2im_row_shift(g, cols, dx)
+    } else {
+        col2im_general(g, cols, dx)
+    }
+}
+
+/// For one tap (u, v) of a [row-shift](Geometry::is_row_shift) geometry: the rows of the
+/// output that see the image (`y_lo..y_hi`), the valid columns (`x_lo..x_hi`), and the
+/// offset of the input element under output element L = i·W + j: input index L + shift,
+/// shift = (u − p)·W + (v − p).
+struct TapShift {
+    y_lo: usize,
+    y_hi: usize,
+    x_lo: usize,
+    x_hi: usize,
+    shift: isize,
+}
+
+impl TapShift {
+    fn new(g: &Geometry, u: usize, v: usize) -> Self {
+        let (y_lo, y_hi) = valid_range(g, u, g.h, g.oh);
+        let (x_lo, x_hi) = valid_range(g, v, g.w, g.ow);
+        let p = g.padding as isize;
+        Self {
+            y_lo,
+            y_hi,
+            x_lo,
+            x_hi,
+            shift: (u as isize - p) * g.w as isize + (v as isize - p),
+        }
+    }
+
+    /// The output elements L from the first valid one of row y_lo to the last valid one of
+    /// row y_hi − 1: one contiguous run, whose input elements L + shift are contiguous too.
+    fn run(&self, w: usize) -> std::ops::Range<usize> {
+        let start = self.y_lo * w + self.x_lo;
+        let end = (self.y_hi * w).saturating_sub(w - self.x_hi);
+        start..end.max(start)
+    }
+
+    /// Inside the run, the columns whose input element wrapped around from the neighbouring
+    /// image row (j < x_lo or j ≥ x_hi): they belong to the zero padding.
+    fn wrapped(&self, w: usize) -> impl Iterator<Item = usize> + '_ {
+        (self.y_lo..self.y_hi)
+            .flat_map(move |i| (0..self.x_lo).chain(self.x_hi..w).map(move |j| i * w + j))
+    }
+}
+
+/// [`im2col`] for stride 1 with OW = W: one contiguous copy per tap instead of one per
+/// output row (rows of 7 to 28 elements made the copies' call overhead a sixth of a
+/// sampling step), then the wrapped-around columns are zeroed.
+fn im2col_row_shift<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
+    let (ohw, w) = (g.out_pixels(), g.w);
+    for c in 0..g.c_in {
+        let plane = &x[c * g.h * w..(c + 1) * g.h * w];
+        for u in 0..g.kh {
+            for v in 0..g.kw {
+                let tap = TapShift::new(g, u, v);
+                let row = ((c * g.kh + u) * g.kw + v) * ohw;
+                let row = &mut cols[row..row + ohw];
+                let run = tap.run(w);
+                row[..run.start].fill(T::ZERO);
+                row[run.end..].fill(T::ZERO);
+                if !run.is_empty() {
+                    let src = (run.start as isize + tap.shift) as usize;
+                    row[run.clone()].copy_from_slice(&plane[src..src + run.len()]);
+                }
+                for l in tap.wrapped(w) {
+                    row[l] = T::ZERO;
+                }
+            }
+        }
+    }
+}
+
+/// [`col2im`] for stride 1 with OW = W: the wrapped-around columns of each tap's row of cols
+/// are zeroed, then the whole run is added onto dx in one loop.
+fn col2im_row_shift<T: Element>(g: &Geometry, cols: &mut [T], dx: &mut [T]) {
+    let (ohw, w) = (g.out_pixels(), g.w);
+    for c in 0..g.c_in {
+        let plane = &mut dx[c * g.h * w..(c + 1) * g.h * w];
+        for u in 0..g.kh {
+            for v in 0..g.kw {
+                let tap = TapShift::new(g, u, v);
+                let row = ((c * g.kh + u) * g.kw + v) * ohw;
+                let row = &mut cols[row..row + ohw];
+                for l in tap.wrapped(w) {
+                    row[l] = T::ZERO;
+                }
+                let run = tap.run(w);
+                if !run.is_empty() {
+                    let dst = (run.start as isize + tap.shift) as usize;
+                    for (d, s) in plane[dst..dst + run.len()].iter_mut().zip(&row[run]) {
+                        *d += *s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] for any geometry: row by row of the output.
+fn im2col_general<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
     let ohw = g.out_pixels();
     for c in 0..g.c_in {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
@@ -136,9 +255,8 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
     }
 }
 
-/// Folds cols (C·KH·KW, OH·OW) back onto one sample dx (C, H, W), adding overlaps onto dx,
-/// which the caller provides zeroed.
-fn col2im<T: Element>(g: &Geometry, cols: &[T], dx: &mut [T]) {
+/// [`col2im`] for any geometry: row by row of the output.
+fn col2im_general<T: Element>(g: &Geometry, cols: &[T], dx: &mut [T]) {
     let ohw = g.out_pixels();
     for c in 0..g.c_in {
         let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
