@@ -40,8 +40,9 @@ use clap::{Parser, Subcommand};
 
 use commands::{
     bench::BenchCommand, compare_schedules::CompareSchedulesCommand,
-    device_check::DeviceCheckCommand, eval::EvalCommand, sample::SampleCommand,
-    schedule::ScheduleCommand, train::TrainCommand, train_classifier::TrainClassifierCommand,
+    device_check::DeviceCheckCommand, eval::EvalCommand, export::ExportCommand,
+    sample::SampleCommand, schedule::ScheduleCommand, train::TrainCommand,
+    train_classifier::TrainClassifierCommand,
 };
 
 /// Denoising diffusion probabilistic models on candle.
@@ -58,6 +59,8 @@ enum Command {
     Train(TrainCommand),
     /// Draw images from a trained model: a grid, a progression figure, a GIF.
     Sample(SampleCommand),
+    /// Write a checkpoint's EMA weights as a diffusers pipeline directory.
+    Export(ExportCommand),
     /// Train the Fashion-MNIST classifier whose features the quality metrics use.
     TrainClassifier(TrainClassifierCommand),
     /// Measure samples against the test set: FID, KID, precision, recall, class histogram.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
             Err(err) => Err(err),
         },
         Command::Sample(cmd) => cmd.run(),
+        Command::Export(cmd) => cmd.run(),
         Command::TrainClassifier(cmd) => cmd.run(),
         Command::Eval(cmd) => cmd.run(),
         Command::Schedule(cmd) => cmd.run(&mut std::io::BufWriter::new(std::io::stdout().lock())),

@@ -187,6 +187,39 @@ fn train_resume_and_sample() {
     let a = image::open(root.join("grid.png")).unwrap().to_luma8();
     let b = image::open(root.join("grid2.png")).unwrap().to_luma8();
     assert_eq!(a.as_raw(), b.as_raw());
+
+    // `export` writes the same pipeline from the last checkpoint, file for file.
+    let out = ddpm(
+        root,
+        &[
+            "export",
+            "--checkpoint",
+            &checkpoint.to_string_lossy(),
+            "--out",
+            "exported",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for file in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/config.json",
+        "scheduler/scheduler_config.json",
+        "model_index.json",
+        "ddpm.toml",
+    ] {
+        let ours = std::fs::read(root.join("exported").join(file)).unwrap();
+        assert!(
+            ours == std::fs::read(pipeline.join(file)).unwrap(),
+            "{file} differs"
+        );
+    }
+    // A file that is not a checkpoint is a clear error.
+    let out = ddpm(
+        root,
+        &["export", "--checkpoint", "grid.png", "--out", "bad"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("grid.png"), "{}", stderr(&out));
 }
 
 /// `device-check` on the CPU: the network with candle's ops against ours, forward and
