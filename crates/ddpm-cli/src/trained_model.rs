@@ -86,9 +86,23 @@ fn load_diffusers_dir(dir: &Path, device: &Device) -> Result<TrainedModel> {
         }
         config
     };
-    let (unet, _varmap) = UNet::from_diffusers(&unet_dir, device)?;
+    let unet = frozen(UNet::from_diffusers(&unet_dir, device)?, device)?;
     config.model = ModelSpec::Config(unet.config().clone());
     Ok(TrainedModel { unet, config })
+}
+
+/// The same network on plain tensors instead of `Var`s: a model that is only sampled must
+/// not record an autograd graph of every forward (memory and time for nothing).
+fn frozen((unet, varmap): (UNet, candle_nn::VarMap), device: &Device) -> Result<UNet> {
+    let weights: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the model's variables are poisoned by a panic"))?
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    let vb = VarBuilder::from_tensors(weights, DType::F32, device);
+    Ok(UNet::new(vb, unet.config())?)
 }
 
 /// Takes the schedule and objective from a diffusers `scheduler_config.json`.
@@ -237,4 +251,53 @@ pub fn export_pipeline(
     }
     std::fs::rename(&tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TINY: &str = r#"
+name = "tiny"
+[model]
+block_out_channels = [8, 16]
+layers_per_block = 1
+down_block_types = ["DownBlock2D", "AttnDownBlock2D"]
+up_block_types = ["AttnUpBlock2D", "UpBlock2D"]
+norm_num_groups = 4
+attention_head_dim = 8
+sample_size = 8
+"#;
+
+    /// A loaded pipeline samples on plain tensors: its forward records no autograd graph,
+    /// where the training-side loader (`UNet::from_diffusers`, on `Var`s) does.
+    #[test]
+    fn a_loaded_pipeline_records_no_graph() {
+        let device = Device::Cpu;
+        let config = RunConfig::from_toml(TINY, "tiny", &[]).unwrap();
+        let (_, varmap) =
+            UNet::init(&config.model.resolve().unwrap(), DType::F32, &device).unwrap();
+        let weights = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline = dir.path().join("pipeline");
+        export_pipeline(&pipeline, &config, weights, &device).unwrap();
+
+        let x = Tensor::zeros((1, 1, 8, 8), DType::F32, &device).unwrap();
+        let t = Tensor::new(&[5u32], &device).unwrap();
+        let (training_side, _) = UNet::from_diffusers(pipeline.join("unet"), &device).unwrap();
+        assert!(training_side
+            .forward(&x, &t, None, false)
+            .unwrap()
+            .track_op());
+        let model = load_trained_model(&pipeline, &device).unwrap();
+        let y = model.unet.forward(&x, &t, None, false).unwrap();
+        assert!(!y.track_op());
+        assert_eq!(y.dims(), x.dims());
+    }
 }

@@ -235,3 +235,43 @@ fn samplers_recover_both_modes_of_a_mixture_in_proportion() {
         }
     }
 }
+
+/// A model with trainable weights (a candle `Var`) must not make the samples carry an
+/// autograd graph: each step's graph would hold the previous one, so memory would grow with
+/// the number of steps. The output of every sampler is untracked.
+#[test]
+fn samples_carry_no_autograd_graph() {
+    let schedule = NoiseSchedule::new(BetaSchedule::linear(), 1000).unwrap();
+    let diffusion = GaussianDiffusion::epsilon(schedule, &cpu()).unwrap();
+    let weight = candle_core::Var::new(0.5f32, &cpu()).unwrap();
+    let model = |x: &candle_core::Tensor, _t: &candle_core::Tensor| x.broadcast_mul(&weight);
+    assert!(
+        model(
+            &candle_core::Tensor::ones(2, candle_core::DType::F32, &cpu()).unwrap(),
+            &candle_core::Tensor::zeros(2, candle_core::DType::U32, &cpu()).unwrap()
+        )
+        .unwrap()
+        .track_op(),
+        "the model itself is tracked, else this test proves nothing"
+    );
+    for (name, sampler, _) in samplers() {
+        let out = diffusion
+            .sample(
+                &model,
+                &sampler,
+                (4, 1),
+                &mut NoiseRng::new(0),
+                SampleOptions {
+                    clip_x0: false,
+                    snapshots: 3,
+                },
+                &mut |_, _| {},
+            )
+            .unwrap();
+        assert!(!out.images.track_op(), "{name}: samples are tracked");
+        assert!(
+            out.snapshots.iter().all(|s| !s.x.track_op()),
+            "{name}: snapshots are tracked"
+        );
+    }
+}
