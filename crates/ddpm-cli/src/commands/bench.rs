@@ -78,6 +78,9 @@ fn peak_rss_mib() -> f64 {
 /// One training step of ours, set up once per batch size.
 struct OurTrainer {
     unet: UNet,
+    /// The same network on plain tensors, as `ddpm sample` runs it: its forward records no
+    /// autograd graph (PyTorch's twin samples under `torch.no_grad()`).
+    frozen: UNet,
     config: UNetConfig,
     weights: HashMap<String, Var>,
     precision: Precision,
@@ -105,6 +108,14 @@ impl OurTrainer {
         seeded_init(&mut named, 0)?;
         let vars = named.iter().map(|(_, v)| v.clone()).collect();
         let weights = named.iter().cloned().collect();
+        let plain: HashMap<String, Tensor> = named
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+            .collect();
+        let frozen = UNet::new(
+            candle_nn::VarBuilder::from_tensors(plain, DType::F32, &device),
+            config,
+        )?;
         let optimizer = AdamW::new(named.into_iter().collect(), AdamWConfig::default())?;
         let diffusion =
             GaussianDiffusion::epsilon(NoiseSchedule::new(BetaSchedule::linear(), 1000)?, &device)?;
@@ -119,6 +130,7 @@ impl OurTrainer {
         };
         Ok(Self {
             unet,
+            frozen,
             config: config.clone(),
             weights,
             precision,
@@ -166,7 +178,7 @@ impl OurTrainer {
         self.device.synchronize()?;
         let start = Instant::now();
         let t = Tensor::full(499u32, x_t.dim(0)?, &self.device)?;
-        let eps = self.unet.forward(&x_t, &t, self.labels.as_ref(), false)?;
+        let eps = self.frozen.forward(&x_t, &t, self.labels.as_ref(), false)?;
         let z = self.rng.randn(x_t.shape(), &self.device)?;
         let x_prev = self
             .diffusion
