@@ -257,17 +257,7 @@ pub fn export_pipeline(
 mod tests {
     use super::*;
 
-    const TINY: &str = r#"
-name = "tiny"
-[model]
-block_out_channels = [8, 16]
-layers_per_block = 1
-down_block_types = ["DownBlock2D", "AttnDownBlock2D"]
-up_block_types = ["AttnUpBlock2D", "UpBlock2D"]
-norm_num_groups = 4
-attention_head_dim = 8
-sample_size = 8
-"#;
+    const TINY: &str = include_str!("../tests/fixtures/tiny.toml");
 
     /// A loaded pipeline samples on plain tensors: its forward records no autograd graph,
     /// where the training-side loader (`UNet::from_diffusers`, on `Var`s) does.

@@ -33,36 +33,8 @@ fn write_images(root: &Path) {
     }
 }
 
-const CONFIG: &str = r#"
-name = "tiny"
-[data]
-source = "folder"
-dir = "images"
-image_size = 8
-[diffusion]
-timesteps = 50
-[training]
-batch_size = 4
-steps = 6
-lr = 1e-3
-warmup_steps = 2
-log_every = 1
-checkpoint_every = 3
-keep_checkpoints = 2
-sample_every = 3
-[sampling]
-sampler = "ddim"
-steps = 3
-count = 4
-[model]
-block_out_channels = [8, 16]
-layers_per_block = 1
-down_block_types = ["DownBlock2D", "AttnDownBlock2D"]
-up_block_types = ["AttnUpBlock2D", "UpBlock2D"]
-norm_num_groups = 4
-attention_head_dim = 8
-sample_size = 8
-"#;
+/// The tiny run config shared with the unit tests of `trained_model`.
+const CONFIG: &str = include_str!("fixtures/tiny.toml");
 
 #[test]
 fn train_resume_and_sample() {
