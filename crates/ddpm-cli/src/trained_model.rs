@@ -46,15 +46,20 @@ pub fn load_trained_model(path: &Path, device: &Device) -> Result<TrainedModel> 
     }
 }
 
-fn load_checkpoint(path: &Path, device: &Device) -> Result<TrainedModel> {
-    let checkpoint = Checkpoint::load(path, device)?;
+/// The resolved run config a `ddpm train` checkpoint carries in its metadata.
+pub fn checkpoint_config(path: &Path, checkpoint: &Checkpoint) -> Result<RunConfig> {
     let text = checkpoint.extra.get(CONFIG_ENTRY).with_context(|| {
         format!(
             "{}: no `{CONFIG_ENTRY}` entry in the metadata: not written by `ddpm train`",
             path.display()
         )
     })?;
-    let config = RunConfig::from_toml(text, &format!("{} (its config)", path.display()), &[])?;
+    RunConfig::from_toml(text, &format!("{} (its config)", path.display()), &[])
+}
+
+fn load_checkpoint(path: &Path, device: &Device) -> Result<TrainedModel> {
+    let checkpoint = Checkpoint::load(path, device)?;
+    let config = checkpoint_config(path, &checkpoint)?;
     let unet_config = config.model.resolve()?;
     let vb = VarBuilder::from_tensors(checkpoint.ema, DType::F32, device);
     let unet = UNet::new(vb, &unet_config)
@@ -86,23 +91,31 @@ fn load_diffusers_dir(dir: &Path, device: &Device) -> Result<TrainedModel> {
         }
         config
     };
-    let unet = frozen(UNet::from_diffusers(&unet_dir, device)?, device)?;
+    let (trained, varmap) = UNet::from_diffusers(&unet_dir, device)?;
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the model's variables are poisoned by a panic"))?
+        .clone();
+    let unet = frozen(trained.config(), &vars, device)?;
     config.model = ModelSpec::Config(unet.config().clone());
     Ok(TrainedModel { unet, config })
 }
 
-/// The same network on plain tensors instead of `Var`s: a model that is only sampled must
-/// not record an autograd graph of every forward (memory and time for nothing).
-fn frozen((unet, varmap): (UNet, candle_nn::VarMap), device: &Device) -> Result<UNet> {
-    let weights: HashMap<String, Tensor> = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("the model's variables are poisoned by a panic"))?
-        .iter()
+/// The network on plain tensors (detached copies of `vars`) instead of `Var`s: a model that
+/// is only sampled must not record an autograd graph of every forward (memory and time for
+/// nothing).
+pub fn frozen<'a>(
+    config: &ddpm_unet::UNetConfig,
+    vars: impl IntoIterator<Item = (&'a String, &'a candle_core::Var)>,
+    device: &Device,
+) -> Result<UNet> {
+    let weights: HashMap<String, Tensor> = vars
+        .into_iter()
         .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
         .collect();
     let vb = VarBuilder::from_tensors(weights, DType::F32, device);
-    Ok(UNet::new(vb, unet.config())?)
+    Ok(UNet::new(vb, config)?)
 }
 
 /// Takes the schedule and objective from a diffusers `scheduler_config.json`.

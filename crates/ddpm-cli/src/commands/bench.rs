@@ -19,6 +19,7 @@ use ddpm_train::{
 use ddpm_unet::{UNet, UNetConfig};
 
 use crate::device::open_device;
+use crate::trained_model::frozen;
 
 /// `ddpm bench`.
 #[derive(Debug, Clone, Args)]
@@ -108,14 +109,7 @@ impl OurTrainer {
         seeded_init(&mut named, 0)?;
         let vars = named.iter().map(|(_, v)| v.clone()).collect();
         let weights = named.iter().cloned().collect();
-        let plain: HashMap<String, Tensor> = named
-            .iter()
-            .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
-            .collect();
-        let frozen = UNet::new(
-            candle_nn::VarBuilder::from_tensors(plain, DType::F32, &device),
-            config,
-        )?;
+        let frozen = frozen(config, named.iter().map(|(n, v)| (n, v)), &device)?;
         let optimizer = AdamW::new(named.into_iter().collect(), AdamWConfig::default())?;
         let diffusion =
             GaussianDiffusion::epsilon(NoiseSchedule::new(BetaSchedule::linear(), 1000)?, &device)?;

@@ -16,7 +16,7 @@ use ddpm_eval::{
 };
 
 use crate::commands::train_classifier::SHIPPED_CLASSIFIER;
-use crate::config::{DataConfig, SamplerArgs, SamplerKind};
+use crate::config::{DataConfig, SamplerArgs};
 use crate::dataset::load_idx;
 use crate::device::open_device;
 use crate::generation::{generate, Request};
@@ -234,10 +234,10 @@ impl EvalCommand {
             }
         }
         progress::finish(&bar);
-        let name = match sampling.sampler {
-            SamplerKind::Ddpm => "ddpm",
-            SamplerKind::Ddim => "ddim",
-        };
-        Ok((Tensor::cat(&images, 0)?, name.into(), Some(steps)))
+        Ok((
+            Tensor::cat(&images, 0)?,
+            sampling.sampler.name().into(),
+            Some(steps),
+        ))
     }
 }

@@ -9,8 +9,7 @@ use candle_core::Device;
 use clap::Args;
 use ddpm_train::Checkpoint;
 
-use crate::config::RunConfig;
-use crate::trained_model::{export_pipeline, CONFIG_ENTRY};
+use crate::trained_model::{checkpoint_config, export_pipeline};
 
 /// `ddpm export`.
 #[derive(Debug, Clone, Args)]
@@ -29,17 +28,7 @@ impl ExportCommand {
     pub fn run(&self) -> Result<()> {
         let device = Device::Cpu;
         let checkpoint = Checkpoint::load(&self.checkpoint, &device)?;
-        let text = checkpoint.extra.get(CONFIG_ENTRY).with_context(|| {
-            format!(
-                "{}: no `{CONFIG_ENTRY}` entry in the metadata: not written by `ddpm train`",
-                self.checkpoint.display()
-            )
-        })?;
-        let config = RunConfig::from_toml(
-            text,
-            &format!("{} (its config)", self.checkpoint.display()),
-            &[],
-        )?;
+        let config = checkpoint_config(&self.checkpoint, &checkpoint)?;
         export_pipeline(&self.out, &config, checkpoint.ema, &device)
             .with_context(|| format!("exporting to {}", self.out.display()))?;
         eprintln!(

@@ -175,10 +175,7 @@ impl SampleCommand {
         if let Some(tensors) = &self.tensors {
             let provenance = Provenance {
                 checkpoint: path.display().to_string(),
-                sampler: match sampling.sampler {
-                    SamplerKind::Ddpm => "ddpm".into(),
-                    SamplerKind::Ddim => "ddim".into(),
-                },
+                sampler: sampling.sampler.name().into(),
                 steps: steps_per_chunk,
                 eta: match sampling.sampler {
                     SamplerKind::Ddpm => 0.0,

@@ -15,6 +15,16 @@ pub enum SamplerKind {
     Ddim,
 }
 
+impl SamplerKind {
+    /// The name in configs, reports and sample files: `"ddpm"` or `"ddim"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplerKind::Ddpm => "ddpm",
+            SamplerKind::Ddim => "ddim",
+        }
+    }
+}
+
 /// `[sampling]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
