@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Prints the README's table of quality metrics: each report of `ddpm eval --json` given,
-next to the floor (training images against the test set) at the same n, read from
-assets/eval_floor_by_n.json.
+"""Prints the README's table of quality metrics: the reports of `ddpm eval --json` given,
+grouped by n, each group after the floor at that n (training images against the test set,
+from assets/eval_floor_by_n.json).
 
-    scripts/eval_table.py assets/eval_ddim-50.json assets/eval_ddim-100.json …
+    scripts/eval_table.py assets/eval/ddpm-1000.json assets/eval/ddim-50.json …
 """
 import json
 import sys
@@ -17,17 +17,19 @@ def row(name, r):
 
 def main(paths):
     floor = json.load(open("assets/eval_floor_by_n.json"))["by_n"]
+    reports = [json.load(open(path)) for path in paths]
     print("| images | n | FID | KID | precision | recall | mean confidence |")
     print("|---|---|---|---|---|---|---|")
-    for path in paths:
-        r = json.load(open(path))
-        name = f"{r['sampler'].upper()}-{r['steps']}"
-        print(row(name, r))
-        f = floor.get(str(r["n"]))
+    # Grouped by n, the floor at that n first: FID is comparable only at equal n.
+    for n in sorted({r["n"] for r in reports}):
+        f = floor.get(str(n))
         if f:
-            print(row("train images (floor)", f))
+            print(row("train images (the floor)", f))
         else:
-            print(f"| train images (floor) | {r['n']:,} | not measured at this n | | | | |")
+            print(f"| train images (the floor) | {n:,} | not measured at this n | | | | |")
+        for r in reports:
+            if r["n"] == n:
+                print(row(f"{r['sampler'].upper()}-{r['steps']}", r))
 
 
 if __name__ == "__main__":
