@@ -50,6 +50,7 @@ pub fn save_line_chart(chart: &LineChart, path: &Path, size: (u32, u32)) -> Resu
             .y_desc(chart.y_label)
             .axis_desc_style((FAMILY, 20))
             .label_style((FAMILY, 16))
+            .x_label_formatter(&|x| axis_number(*x))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()?;
         for series in &chart.series {
@@ -75,4 +76,31 @@ pub fn save_line_chart(chart: &LineChart, path: &Path, size: (u32, u32)) -> Resu
     draw()
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("drawing {}", path.display()))
+}
+
+/// An axis label to 6 decimals without trailing zeros: "500", not "500.0"; "0.3", not
+/// "0.30000000000000004".
+fn axis_number(x: f64) -> String {
+    let text = format!("{x:.6}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::axis_number;
+
+    #[test]
+    fn axis_labels_drop_needless_decimals() {
+        assert_eq!(axis_number(500.0), "500");
+        assert_eq!(axis_number(0.1 + 0.2), "0.3");
+        assert_eq!(axis_number(0.25), "0.25");
+        assert_eq!(axis_number(0.0), "0");
+        assert_eq!(axis_number(-1e-9), "0");
+        assert_eq!(axis_number(1e-4), "0.0001");
+    }
 }

@@ -38,21 +38,37 @@ pub fn read_losses(metrics: &Path) -> Result<Vec<(f64, f64)>> {
     Ok(points)
 }
 
-/// Draws the logged losses and their running mean (window of 20 rows) into a PNG.
+/// The median of each point's loss and its neighbours', `half` rows either side (fewer at
+/// the ends): centred on its step, so that it does not lag the curve as a trailing window
+/// does, and robust to the first rows' losses, which are ten times the rest.
+pub fn centered_median(points: &[(f64, f64)], half: usize) -> Vec<(f64, f64)> {
+    (0..points.len())
+        .map(|i| {
+            let mut window: Vec<f64> = points
+                [i.saturating_sub(half)..(i + half + 1).min(points.len())]
+                .iter()
+                .map(|p| p.1)
+                .collect();
+            window.sort_by(f64::total_cmp);
+            let mid = window.len() / 2;
+            let median = if window.len() % 2 == 1 {
+                window[mid]
+            } else {
+                0.5 * (window[mid - 1] + window[mid])
+            };
+            (points[i].0, median)
+        })
+        .collect()
+}
+
+/// Draws the logged losses and their centred running median (21 rows) into a PNG.
 pub fn save_loss_curve(metrics: &Path, out: &Path, title: &str) -> Result<()> {
     let points = read_losses(metrics)?;
     if points.is_empty() {
         return Ok(());
     }
-    let window = 20;
-    let smoothed: Vec<(f64, f64)> = (0..points.len())
-        .map(|i| {
-            let from = i.saturating_sub(window - 1);
-            let slice = &points[from..=i];
-            let mean = slice.iter().map(|p| p.1).sum::<f64>() / slice.len() as f64;
-            (points[i].0, mean)
-        })
-        .collect();
+    let half = 10;
+    let smoothed = centered_median(&points, half);
     let x_max = points.last().map_or(1.0, |p| p.0).max(1.0);
     let mut sorted: Vec<f64> = points
         .iter()
@@ -81,7 +97,7 @@ pub fn save_loss_curve(metrics: &Path, out: &Path, title: &str) -> Result<()> {
                     color: RGBColor(174, 199, 232),
                 },
                 Series {
-                    label: format!("running mean of {window}"),
+                    label: format!("running median of {}", 2 * half + 1),
                     points: smoothed,
                     color: RGBColor(31, 119, 180),
                 },
@@ -90,4 +106,25 @@ pub fn save_loss_curve(metrics: &Path, out: &Path, title: &str) -> Result<()> {
         out,
         (800, 500),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::centered_median;
+
+    #[test]
+    fn the_running_median_is_centred_and_shrinks_at_the_ends() {
+        let points: Vec<(f64, f64)> = [1.0, 2.0, 4.0, 8.0, 16.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i as f64 * 25.0, v))
+            .collect();
+        let medians = centered_median(&points, 1);
+        // By hand: median{1,2}, {1,2,4}, {2,4,8}, {4,8,16}, {8,16}.
+        let expected = [1.5, 2.0, 4.0, 8.0, 12.0];
+        for ((step, median), (i, want)) in medians.iter().zip(expected.iter().enumerate()) {
+            assert_eq!(*step, i as f64 * 25.0);
+            assert_eq!(*median, *want, "row {i}");
+        }
+    }
 }
