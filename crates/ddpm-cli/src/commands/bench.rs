@@ -341,7 +341,9 @@ impl BenchCommand {
             ours.step()?;
             let (mut mine, mut theirs) = (Vec::new(), Vec::new());
             for _ in 0..self.reps {
-                mine.push(ours.step()?);
+                let seconds = ours.step()?;
+                tracing::debug!(batch, seconds, "training step");
+                mine.push(seconds);
                 if let Some(twin) = twin.as_mut() {
                     theirs.push(twin.ask(&format!("train {batch}"), "seconds")?);
                 }
@@ -367,7 +369,9 @@ impl BenchCommand {
         sampler.sample_step()?;
         let (mut mine, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..self.reps {
-            mine.push(sampler.sample_step()?);
+            let seconds = sampler.sample_step()?;
+            tracing::debug!(batch = self.sample_batch, seconds, "sampling step");
+            mine.push(seconds);
             if let Some(twin) = twin.as_mut() {
                 theirs.push(twin.ask(&format!("sample {}", self.sample_batch), "seconds")?);
             }
