@@ -41,6 +41,7 @@ pub fn open_device(spec: &str) -> Result<Device> {
     tracing::info!(
         device = if device.is_cuda() { "cuda" } else { "cpu" },
         threads = candle_core::utils::get_num_threads(),
+        simd = ?ddpm_unet::cpu_ops::simd_level(),
         "device"
     );
     Ok(device)

@@ -14,6 +14,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::element::{contiguous, dispatch, Element};
+use super::simd::vectorized_fn;
 
 /// The shapes of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,9 +118,14 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
     }
 }
 
-/// Folds cols (C·KH·KW, OH·OW) back onto one sample dx (C, H, W), adding overlaps onto dx,
-/// which the caller provides zeroed. cols is scratch: its padding entries are zeroed.
-fn col2im<T: Element>(g: &Geometry, cols: &mut [T], dx: &mut [T]) {
+vectorized_fn!(
+    /// Folds cols (C·KH·KW, OH·OW) back onto one sample dx (C, H, W), adding overlaps onto
+    /// dx, which the caller provides zeroed. cols is scratch: its padding entries are zeroed.
+    fn col2im<T: Element>(g: &Geometry, cols: &mut [T], dx: &mut [T]) => col2im_generic
+);
+
+#[inline(always)]
+fn col2im_generic<T: Element>(g: &Geometry, cols: &mut [T], dx: &mut [T]) {
     if g.is_row_shift() {
         col2im_row_shift(g, cols, dx)
     } else {
@@ -198,6 +204,7 @@ fn im2col_row_shift<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
 
 /// [`col2im`] for stride 1 with OW = W: the wrapped-around columns of each tap's row of cols
 /// are zeroed, then the whole run is added onto dx in one loop.
+#[inline(always)]
 fn col2im_row_shift<T: Element>(g: &Geometry, cols: &mut [T], dx: &mut [T]) {
     let (ohw, w) = (g.out_pixels(), g.w);
     for c in 0..g.c_in {
@@ -256,6 +263,7 @@ fn im2col_general<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
 }
 
 /// [`col2im`] for any geometry: row by row of the output.
+#[inline(always)]
 fn col2im_general<T: Element>(g: &Geometry, cols: &[T], dx: &mut [T]) {
     let ohw = g.out_pixels();
     for c in 0..g.c_in {

@@ -31,20 +31,25 @@ pub(crate) trait Element:
 }
 
 impl Element for f32 {
+    #[inline(always)]
     fn exp(self) -> Self {
         exp_f32(self)
     }
+    #[inline(always)]
     fn max(self, other: Self) -> Self {
         f32::max(self, other)
     }
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    #[inline(always)]
     fn to_f64(self) -> f64 {
         f64::from(self)
     }
+    #[inline(always)]
     fn from_f64(v: f64) -> Self {
         v as f32
     }
+    #[inline(always)]
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + exp_f32(-self))
     }
@@ -60,20 +65,25 @@ impl Element for f32 {
 }
 
 impl Element for f64 {
+    #[inline(always)]
     fn exp(self) -> Self {
         f64::exp(self)
     }
+    #[inline(always)]
     fn max(self, other: Self) -> Self {
         f64::max(self, other)
     }
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    #[inline(always)]
     fn to_f64(self) -> f64 {
         self
     }
+    #[inline(always)]
     fn from_f64(v: f64) -> Self {
         v
     }
+    #[inline(always)]
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + (-self).exp())
     }
@@ -163,7 +173,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 pub(crate) const LANES: usize = 8;
 
 /// Σ xs, in `LANES` partial sums of T combined in f64.
-#[inline]
+#[inline(always)]
 pub(crate) fn sum<T: Element>(xs: &[T]) -> f64 {
     let mut acc = [T::ZERO; LANES];
     let chunks = xs.chunks_exact(LANES);
@@ -177,7 +187,7 @@ pub(crate) fn sum<T: Element>(xs: &[T]) -> f64 {
 }
 
 /// Σ (xs − mean)², in `LANES` partial sums.
-#[inline]
+#[inline(always)]
 pub(crate) fn sum_squared_deviations<T: Element>(xs: &[T], mean: f64) -> f64 {
     let m = T::from_f64(mean);
     let mut acc = [T::ZERO; LANES];
@@ -200,7 +210,7 @@ pub(crate) fn sum_squared_deviations<T: Element>(xs: &[T], mean: f64) -> f64 {
 }
 
 /// Σ a·b, in `LANES` partial sums.
-#[inline]
+#[inline(always)]
 pub(crate) fn dot<T: Element>(a: &[T], b: &[T]) -> f64 {
     let mut acc = [T::ZERO; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -218,7 +228,7 @@ pub(crate) fn dot<T: Element>(a: &[T], b: &[T]) -> f64 {
 }
 
 /// max xs (xs non-empty), in `LANES` partial maxima.
-#[inline]
+#[inline(always)]
 pub(crate) fn max<T: Element>(xs: &[T]) -> T {
     let mut acc = [xs[0]; LANES];
     let chunks = xs.chunks_exact(LANES);

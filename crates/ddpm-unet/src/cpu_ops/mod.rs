@@ -15,6 +15,7 @@ mod attention;
 mod conv2d;
 mod element;
 mod group_norm;
+mod simd;
 mod softmax;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +25,7 @@ use candle_core::{DType, Tensor};
 pub use attention::attention;
 pub use conv2d::conv2d;
 pub use group_norm::group_norm;
+pub use simd::{simd_level, SimdLevel};
 pub use softmax::softmax_last_dim;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);

@@ -6,12 +6,18 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::element::{self, contiguous, dispatch, Element};
+use super::simd::vectorized_fn;
 
 /// Rows per parallel task (keeps tasks large enough to amortise scheduling).
 const ROWS_PER_TASK: usize = 64;
 
-/// One row, in place: x ← softmax(s·x), shifted by the row maximum.
-pub(super) fn softmax_row<T: Element>(row: &mut [T], scale: f64) {
+vectorized_fn!(
+    /// One row, in place: x ← softmax(s·x), shifted by the row maximum.
+    pub(super) fn softmax_row<T: Element>(row: &mut [T], scale: f64) => softmax_row_generic
+);
+
+#[inline(always)]
+fn softmax_row_generic<T: Element>(row: &mut [T], scale: f64) {
     let s = T::from_f64(scale);
     let shift = s * element::max(row);
     for x in row.iter_mut() {
@@ -23,8 +29,14 @@ pub(super) fn softmax_row<T: Element>(row: &mut [T], scale: f64) {
     }
 }
 
-/// One row's backward, in place: g ← s·y ⊙ (g − g·y), for y = softmax(s·x).
-pub(super) fn softmax_row_backward<T: Element>(grad: &mut [T], y: &[T], scale: f64) {
+vectorized_fn!(
+    /// One row's backward, in place: g ← s·y ⊙ (g − g·y), for y = softmax(s·x).
+    pub(super) fn softmax_row_backward<T: Element>(grad: &mut [T], y: &[T], scale: f64)
+        => softmax_row_backward_generic
+);
+
+#[inline(always)]
+fn softmax_row_backward_generic<T: Element>(grad: &mut [T], y: &[T], scale: f64) {
     let dot = T::from_f64(element::dot(grad, y));
     let s = T::from_f64(scale);
     for (g, &yv) in grad.iter_mut().zip(y) {
