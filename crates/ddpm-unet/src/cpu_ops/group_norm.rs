@@ -400,7 +400,7 @@ mod tests {
             groups: 2,
             pixels: 37,
         };
-        let wave = |i: usize, k: f32| ((i as f32 * k).sin() * 3.0 + 0.25) as f32;
+        let wave = |i: usize, k: f32| (i as f32 * k).sin() * 3.0 + 0.25;
         let x: Vec<f32> = (0..g.block()).map(|i| wave(i, 0.37)).collect();
         let dy: Vec<f32> = (0..g.block()).map(|i| wave(i, 1.31)).collect();
         let (gamma, beta) = ([0.9f32, -1.3], [0.1f32, 0.7]);
