@@ -39,6 +39,16 @@ impl Conv2d {
             padding,
         })
     }
+
+    /// y = w ⋆ x + b + t[:, :, None, None], for t (B, c_out): a bias per sample and channel
+    /// (the time embedding of a residual block) added by the convolution itself.
+    pub fn forward_with_sample_bias(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let bias = match &self.bias {
+            Some(b) => t.broadcast_add(b)?,
+            None => t.clone(),
+        };
+        cpu_ops::conv2d(x, &self.weight, Some(&bias), self.stride, self.padding)
+    }
 }
 
 impl Module for Conv2d {

@@ -4,6 +4,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::cpu_ops;
 use crate::layers::Conv2d;
 
 use crate::resnet::conv3x3;
@@ -37,13 +38,11 @@ impl Module for Downsample2D {
     }
 }
 
-/// Nearest-neighbour doubling, written as a broadcast so that its backward pass sums the
-/// four copies' gradients (candle 0.11's `upsample_nearest2d` backward overwrites them).
+/// Nearest-neighbour doubling, with a backward pass that sums the four copies' gradients
+/// (candle 0.11's `upsample_nearest2d` backward overwrites them); see
+/// [`cpu_ops::upsample_nearest_2x`].
 pub fn upsample_nearest_2x(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    x.reshape((b, c, h, 1, w, 1))?
-        .broadcast_as((b, c, h, 2, w, 2))?
-        .reshape((b, c, 2 * h, 2 * w))
+    cpu_ops::upsample_nearest_2x(x)
 }
 
 /// Nearest-neighbour doubling, then a 3×3 convolution.

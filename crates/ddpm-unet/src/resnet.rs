@@ -74,13 +74,10 @@ impl ResnetBlock2D {
     /// only when `train`.
     pub fn forward(&self, x: &Tensor, temb: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
-        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
-        let t = self
-            .time_emb_proj
-            .forward(&temb.silu()?)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
+        let t = self.time_emb_proj.forward(&temb.silu()?)?;
+        let h = self
+            .conv1
+            .forward_with_sample_bias(&self.norm1.forward_silu(x)?, &t)?;
         let mut h = self.norm2.forward_silu(&h)?;
         if train && self.dropout > 0.0 {
             h = candle_nn::ops::dropout(&h, self.dropout as f32)?;

@@ -104,6 +104,54 @@ fn conv2d_without_bias_equals_zero_bias() {
     assert_eq!(rel_diff(&a, &b), 0.0);
 }
 
+/// A bias per sample and channel (B, O), as a residual block's time embedding uses it,
+/// against candle's convolution plus a broadcast add, forward and backward, and against
+/// finite differences in f64.
+#[test]
+fn conv2d_with_per_sample_bias() {
+    for (i, (xs, ws, stride, padding)) in CONV_CASES.into_iter().enumerate().step_by(3) {
+        let seed = 500 + 10 * i as u64;
+        let x = Var::from_tensor(&randn(&xs, DType::F32, seed)).unwrap();
+        let w = Var::from_tensor(&randn(&ws, DType::F32, seed + 1)).unwrap();
+        let b = Var::from_tensor(&randn(&[xs[0], ws[0]], DType::F32, seed + 2)).unwrap();
+        let ours = conv2d(&x, &w, Some(&b), stride, padding).unwrap();
+        let reference = x
+            .conv2d(&w, padding, stride, 1, 1)
+            .unwrap()
+            .broadcast_add(&b.unsqueeze(2).unwrap().unsqueeze(3).unwrap())
+            .unwrap();
+        let err = rel_diff(&ours, &reference);
+        assert!(err < 1e-5, "case {i}: forward differs by {err}");
+        let r = randn(reference.dims(), DType::F32, seed + 3);
+        let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (reference * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, var) in [("x", &x), ("w", &w), ("b", &b)] {
+            let a = g_ours.get(var).unwrap();
+            let e = g_ref.get(var).unwrap();
+            assert_eq!(a.dims(), e.dims(), "case {i}: ∂/∂{name} shape");
+            let err = rel_diff(a, e);
+            assert!(err < 1e-5, "case {i}: ∂/∂{name} differs by {err}");
+        }
+
+        let inputs = [
+            randn(&xs, DType::F64, seed + 4),
+            randn(&ws, DType::F64, seed + 5),
+            randn(&[xs[0], ws[0]], DType::F64, seed + 6),
+        ];
+        check_gradients(
+            &format!("conv2d per-sample bias, case {i}"),
+            &inputs,
+            &|t| conv2d(&t[0], &t[1], Some(&t[2]), stride, padding).unwrap(),
+            seed + 7,
+        );
+    }
+}
+
 /// Central differences of L = Σ f(inputs)·r with respect to a few elements of each input,
 /// against the analytic gradient. f64 throughout; step 1e-6, so truncation (∝ h²) and
 /// rounding (∝ ε/h) errors are ~1e-10 relative: 1e-6 leaves a wide margin.

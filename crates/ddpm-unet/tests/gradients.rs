@@ -187,17 +187,31 @@ fn every_parameter_receives_a_gradient() {
     }
 }
 
-/// Nearest upsampling's backward sums the gradients of the four copies of each pixel
-/// (computed here by hand), in our broadcast formulation.
+/// Nearest upsampling copies each pixel to a 2×2 block (checked against candle's forward) and
+/// its backward sums the gradients of the four copies (computed here by hand), over several
+/// samples and channels.
 #[test]
 fn upsampling_sums_the_gradients_of_the_copies() {
     let dev = Device::Cpu;
-    let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (1, 1, 2, 3), &dev).unwrap()).unwrap();
-    let w = Tensor::randn(0f64, 1.0, (1, 1, 4, 6), &dev).unwrap();
-    let loss = (upsample_nearest_2x(x.as_tensor()).unwrap() * &w)
+    let (b, c, h, w) = (2, 3, 2, 3);
+    let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (b, c, h, w), &dev).unwrap()).unwrap();
+    let up = upsample_nearest_2x(x.as_tensor()).unwrap();
+    let reference = x.as_tensor().upsample_nearest2d(2 * h, 2 * w).unwrap();
+    let diff = (&up - &reference)
         .unwrap()
-        .sum_all()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
         .unwrap();
+    assert_eq!(
+        diff, 0.0,
+        "forward differs from candle's upsample_nearest2d"
+    );
+
+    let weights = Tensor::randn(0f64, 1.0, (b, c, 2 * h, 2 * w), &dev).unwrap();
+    let loss = (up * &weights).unwrap().sum_all().unwrap();
     let grad = loss
         .backward()
         .unwrap()
@@ -207,13 +221,13 @@ fn upsampling_sums_the_gradients_of_the_copies() {
         .unwrap()
         .to_vec1::<f64>()
         .unwrap();
-    let wv = w.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let wv = weights.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     for (p, g) in grad.iter().enumerate() {
-        let (i, j) = (p / 3, p % 3);
+        let (plane, i, j) = (p / (h * w), p % (h * w) / w, p % w);
         let want: f64 = (0..2)
-            .flat_map(|a| (0..2).map(move |b| (2 * i + a) * 6 + 2 * j + b))
-            .map(|k| wv[k])
+            .flat_map(|a| (0..2).map(move |d| (2 * i + a) * 2 * w + 2 * j + d))
+            .map(|k| wv[plane * 4 * h * w + k])
             .sum();
-        assert!((g - want).abs() < 1e-12, "pixel {p}: {g} vs {want}");
+        assert!((g - want).abs() < 1e-12, "element {p}: {g} vs {want}");
     }
 }

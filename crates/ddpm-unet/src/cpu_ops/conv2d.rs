@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::element::{contiguous, dispatch, Element};
+use super::element::{self, contiguous, dispatch, Element};
 use super::simd::vectorized_fn;
 
 /// The shapes of one convolution.
@@ -341,14 +341,20 @@ pub(super) fn matmul<T: Element>(
     }
 }
 
-/// y = conv(x, w) + b.
+/// y = conv(x, w) + b, with b either per channel (O) or per sample and channel (B·O).
 fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let (k, ohw) = (g.k(), g.out_pixels());
     let mut y = vec![T::ZERO; g.batch * g.c_out * ohw];
     let parallelism = g.gemm_parallelism();
-    let sample = |cols: &mut Vec<T>, (y_n, x_n): (&mut [T], &[T])| {
-        for (o, row) in y_n.chunks_mut(ohw).enumerate() {
-            row.fill(b[o]);
+    let sample = |cols: &mut Vec<T>, (n, (y_n, x_n)): (usize, (&mut [T], &[T]))| {
+        // The output starts as the bias; gemm adds onto it.
+        let bias = if b.len() == g.c_out {
+            b
+        } else {
+            &b[n * g.c_out..(n + 1) * g.c_out]
+        };
+        for (row, &bias) in y_n.chunks_mut(ohw).zip(bias) {
+            row.fill(bias);
         }
         let rhs: &[T] = if g.is_pointwise() {
             x_n
@@ -373,10 +379,16 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     if let Parallelism::None = parallelism {
         y.par_chunks_mut(g.c_out * ohw)
             .zip(x.par_chunks(g.in_size()))
+            .enumerate()
+            .with_min_len(g.batch.div_ceil(4 * super::threads()))
             .for_each_init(scratch, sample);
     } else {
         let mut cols = scratch();
-        for pair in y.chunks_mut(g.c_out * ohw).zip(x.chunks(g.in_size())) {
+        for pair in y
+            .chunks_mut(g.c_out * ohw)
+            .zip(x.chunks(g.in_size()))
+            .enumerate()
+        {
             sample(&mut cols, pair);
         }
     }
@@ -423,6 +435,7 @@ fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
     if let Parallelism::None = parallelism {
         dx.par_chunks_mut(g.in_size())
             .zip(grad.par_chunks(g.c_out * ohw))
+            .with_min_len(g.batch.div_ceil(4 * super::threads()))
             .for_each_init(scratch, sample);
     } else {
         let mut cols = scratch();
@@ -433,14 +446,25 @@ fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
     dx
 }
 
-/// [∂L/∂W (O·K), ∂L/∂b (O)] from the input and the output gradient.
-fn grad_weight_bias<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
+vectorized_fn!(
+    /// Σ of one row.
+    fn row_sum<T: Element>(row: &[T]) -> f64 => element::sum
+);
+
+/// [∂L/∂W (O·K), ∂L/∂b] from the input and the output gradient; ∂L/∂b has O entries, or
+/// B·O (one per sample and channel) when `per_sample_bias`.
+fn grad_weight_bias<T: Element>(
+    g: &Geometry,
+    x: &[T],
+    grad: &[T],
+    per_sample_bias: bool,
+) -> Vec<T> {
     let (k, ohw, o) = (g.k(), g.out_pixels(), g.c_out);
     let threads = super::threads();
     let per_chunk = g.batch.div_ceil(threads).max(1);
     let parallelism = g.gemm_parallelism();
     let partial = |(x_chunk, g_chunk): (&[T], &[T])| -> Vec<T> {
-        let mut acc = vec![T::ZERO; o * k + o];
+        let mut dw = vec![T::ZERO; o * k];
         let mut cols = vec![T::ZERO; if g.is_pointwise() { 0 } else { k * ohw }];
         for (n, (x_n, g_n)) in x_chunk
             .chunks(g.in_size())
@@ -454,12 +478,11 @@ fn grad_weight_bias<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
                 &cols
             };
             // colsᵀ (OHW×K): element (j, r) = cols[r·OHW + j].
-            let (dw, db) = acc.split_at_mut(o * k);
             matmul(
                 o,
                 k,
                 ohw,
-                dw,
+                &mut dw,
                 n > 0,
                 g_n,
                 (ohw, 1),
@@ -467,15 +490,8 @@ fn grad_weight_bias<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
                 (1, ohw),
                 parallelism,
             );
-            for (d, row) in db.iter_mut().zip(g_n.chunks(ohw)) {
-                let mut sum = 0.0f64;
-                for &v in row {
-                    sum += v.to_f64();
-                }
-                *d += T::from_f64(sum);
-            }
         }
-        acc
+        dw
     };
     let add = |mut a: Vec<T>, b: Vec<T>| {
         for (x, y) in a.iter_mut().zip(b) {
@@ -486,11 +502,19 @@ fn grad_weight_bias<T: Element>(g: &Geometry, x: &[T], grad: &[T]) -> Vec<T> {
     let chunks = x
         .par_chunks(per_chunk * g.in_size())
         .zip(grad.par_chunks(per_chunk * o * ohw));
-    if let Parallelism::None = parallelism {
-        chunks.map(partial).reduce(|| vec![T::ZERO; o * k + o], add)
+    let mut packed = if let Parallelism::None = parallelism {
+        chunks.map(partial).reduce(|| vec![T::ZERO; o * k], add)
     } else {
         partial((x, grad))
+    };
+    // ∂L/∂b[n, o] = Σ over the pixels of grad[n, o]; summed over n for a per-channel bias.
+    let sums: Vec<f64> = grad.par_chunks(ohw).map(row_sum).collect();
+    if per_sample_bias {
+        packed.extend(sums.iter().map(|&v| T::from_f64(v)));
+    } else {
+        packed.extend((0..o).map(|c| T::from_f64(sums.iter().skip(c).step_by(o).sum())));
     }
+    packed
 }
 
 /// The forward op on (x, w, b).
@@ -514,8 +538,14 @@ impl CustomOp3 for Conv2dOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.shape(), l2.shape(), self.stride, self.padding)?;
-        if l3.shape().dims() != [g.c_out] {
-            candle_core::bail!("conv2d: bias shape {:?}, expected [{}]", l3.dims(), g.c_out);
+        if l3.dims() != [g.c_out] && l3.dims() != [g.batch, g.c_out] {
+            candle_core::bail!(
+                "conv2d: bias shape {:?}, expected [{}] or [{}, {}]",
+                l3.dims(),
+                g.c_out,
+                g.batch,
+                g.c_out
+            );
         }
         let shape = Shape::from((g.batch, g.c_out, g.oh, g.ow));
         dispatch!(s1, "ddpm-conv2d", |T| {
@@ -530,7 +560,7 @@ impl CustomOp3 for Conv2dOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -550,11 +580,12 @@ impl CustomOp3 for Conv2dOp {
                 stride: self.stride,
                 padding: self.padding,
                 weight: w.shape().clone(),
+                per_sample_bias: b.rank() == 2,
             },
         )?;
         let n = w.elem_count();
         let dw = packed.narrow(0, 0, n)?.reshape(w.shape())?;
-        let db = packed.narrow(0, n, w.dim(0)?)?;
+        let db = packed.narrow(0, n, b.elem_count())?.reshape(b.shape())?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
@@ -606,6 +637,8 @@ struct Conv2dGradWeight {
     stride: usize,
     padding: usize,
     weight: Shape,
+    /// The bias is (B, O), not (O).
+    per_sample_bias: bool,
 }
 
 impl CustomOp2 for Conv2dGradWeight {
@@ -627,7 +660,7 @@ impl CustomOp2 for Conv2dGradWeight {
         dispatch!(s1, "ddpm-conv2d-grad-weight", |T| {
             let x = contiguous::<T>(s1, l1, "ddpm-conv2d-grad-weight")?;
             let grad = contiguous::<T>(s2, l2, "ddpm-conv2d-grad-weight")?;
-            let packed = grad_weight_bias(&g, x, grad);
+            let packed = grad_weight_bias(&g, x, grad, self.per_sample_bias);
             let len = packed.len();
             Ok((T::storage(packed), Shape::from(len)))
         })
@@ -635,7 +668,9 @@ impl CustomOp2 for Conv2dGradWeight {
 }
 
 /// conv2d(x, weight) + bias with symmetric `padding`: the hand-written kernel on the CPU in
-/// f32/f64 (see the module docs), candle's `conv2d` elsewhere.
+/// f32/f64 (see the module docs), candle's `conv2d` elsewhere. The bias is per output channel
+/// (O), or per sample and output channel (B, O), which lets a time embedding ride on the
+/// convolution instead of costing a broadcast add and, backward, a reduction.
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -646,6 +681,7 @@ pub fn conv2d(
     if !super::applies_to(x) {
         let y = x.conv2d(weight, padding, stride, 1, 1)?;
         return match bias {
+            Some(b) if b.rank() == 2 => y.broadcast_add(&b.unsqueeze(2)?.unsqueeze(3)?),
             Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
             None => Ok(y),
         };

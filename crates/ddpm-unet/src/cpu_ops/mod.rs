@@ -17,6 +17,7 @@ mod element;
 mod group_norm;
 mod simd;
 mod softmax;
+mod upsample;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -27,6 +28,7 @@ pub use conv2d::conv2d;
 pub use group_norm::group_norm;
 pub use simd::{simd_level, SimdLevel};
 pub use softmax::softmax_last_dim;
+pub use upsample::upsample_nearest_2x;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 

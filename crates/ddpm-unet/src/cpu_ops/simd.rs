@@ -94,7 +94,7 @@ macro_rules! vectorized_fn {
     (
         $(#[$meta:meta])*
         $vis:vis fn $name:ident<$T:ident: $bound:path>($($arg:ident: $ty:ty),* $(,)?)
-            $(-> $ret:ty)? => $kernel:ident
+            $(-> $ret:ty)? => $kernel:path
     ) => {
         $(#[$meta])*
         $vis fn $name<$T: $bound>($($arg: $ty),*) $(-> $ret)? {
