@@ -47,9 +47,37 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     crate::cpu_ops::softmax_last_dim(x, 1.0)
 }
 
+impl SpatialAttention {
+    /// The same block on the (B, C, H, W) map as it is: each projection is a 1×1 convolution
+    /// (the linear map applied at every position), and the map viewed as
+    /// (B·heads, C/heads, H·W) is already the channels-first layout of
+    /// [`attention_channels_first`](crate::cpu_ops::attention_channels_first), so no
+    /// transposed copy is made, forward or backward, and the biases' gradients are sums over
+    /// contiguous rows.
+    fn forward_channels_first(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let (heads, d) = (self.heads, c / self.heads);
+        let project = |linear: &Linear, t: &Tensor| {
+            let weight = linear.weight().reshape((c, c, 1, 1))?;
+            crate::cpu_ops::conv2d(t, &weight, linear.bias(), 1, 0)
+        };
+        let normed = self.group_norm.forward(x)?;
+        let heads_view = |t: Tensor| t.reshape((b * heads, d, h * w));
+        let q = heads_view(project(&self.to_q, &normed)?)?;
+        let k = heads_view(project(&self.to_k, &normed)?)?;
+        let v = heads_view(project(&self.to_v, &normed)?)?;
+        let attended =
+            crate::cpu_ops::attention_channels_first(&q, &k, &v, 1.0 / (d as f64).sqrt())?;
+        x + project(&self.to_out, &attended.reshape((b, c, h, w))?)?
+    }
+}
+
 impl Module for SpatialAttention {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _enter = self.span.enter();
+        if crate::cpu_ops::applies_to(x) {
+            return self.forward_channels_first(x);
+        }
         let (b, c, h, w) = x.dims4()?;
         let (heads, d) = (self.heads, c / self.heads);
         // The projections run on one (B·HW, C) matrix: a single gemm each, where a 3-D input

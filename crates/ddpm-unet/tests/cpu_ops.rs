@@ -366,3 +366,56 @@ fn attention_matches_candle_and_finite_differences() {
         );
     }
 }
+
+/// Channels-first attention on (G, d, N) against candle's ops on the transposed (G, N, d)
+/// inputs, forward and backward, and against finite differences in f64.
+#[test]
+fn channels_first_attention_matches_candle_and_finite_differences() {
+    use ddpm_unet::cpu_ops::attention_channels_first;
+    for (i, (shape, scale)) in [([3usize, 4, 7], 0.5), ([2, 3, 19], 0.3), ([1, 2, 1], 1.0)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 1900 + 10 * i as u64;
+        let q = Var::from_tensor(&randn(&shape, DType::F32, seed)).unwrap();
+        let k = Var::from_tensor(&randn(&shape, DType::F32, seed + 1)).unwrap();
+        let v = Var::from_tensor(&randn(&shape, DType::F32, seed + 2)).unwrap();
+        let ours = attention_channels_first(&q, &k, &v, scale).unwrap();
+        assert_eq!(ours.dims(), shape, "case {i}: output shape");
+        // softmax(s·QᵀK) Vᵀ with candle's ops, transposed back to (G, d, N).
+        let (qt, vt) = (q.t().unwrap(), v.t().unwrap());
+        let s = qt.matmul(&k).unwrap().affine(scale, 0.0).unwrap();
+        let e = s
+            .broadcast_sub(&s.max_keepdim(2).unwrap().detach())
+            .unwrap()
+            .exp()
+            .unwrap();
+        let p = e.broadcast_div(&e.sum_keepdim(2).unwrap()).unwrap();
+        let reference = p.matmul(&vt).unwrap().t().unwrap();
+        let err = rel_diff(&ours, &reference);
+        assert!(err < 1e-5, "case {i}: forward differs by {err}");
+        let r = randn(&shape, DType::F32, seed + 3);
+        let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (reference * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (name, var) in [("q", &q), ("k", &k), ("v", &v)] {
+            let err = rel_diff(g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
+            assert!(err < 1e-5, "case {i}: ∂/∂{name} differs by {err}");
+        }
+        let inputs = [
+            randn(&shape, DType::F64, seed + 4),
+            randn(&shape, DType::F64, seed + 5),
+            randn(&shape, DType::F64, seed + 6),
+        ];
+        check_gradients(
+            &format!("channels-first attention case {i}"),
+            &inputs,
+            &|t| attention_channels_first(&t[0], &t[1], &t[2], scale).unwrap(),
+            seed + 7,
+        );
+    }
+}

@@ -2,6 +2,8 @@
 //! with single-threaded gemms; the N×N weights are recomputed in the backward pass instead of
 //! stored (as FlashAttention does), so the op holds no (G, N, N) tensor between passes.
 //!
+//! Q, K, V and O are (G, N, d), or (G, d, N) "channels first".
+//!
 //! With P = softmax(s·Q·Kᵀ) and upstream gradient dO:
 //! dV = Pᵀ·dO, dP = dO·Vᵀ, dS = s·P ⊙ (dP − rowsum(dP ⊙ P)), dQ = dS·K, dK = dSᵀ·Q.
 
@@ -21,11 +23,13 @@ struct Geometry {
     n: usize,
     /// Channels per head.
     d: usize,
+    /// Q, K, V and O are stored (G, d, N) instead of (G, N, d).
+    channels_first: bool,
 }
 
 impl Geometry {
-    fn new(q: &Shape, k: &Shape, v: &Shape) -> Result<Self> {
-        let (groups, n, d) = q.dims3()?;
+    fn new(q: &Shape, k: &Shape, v: &Shape, channels_first: bool) -> Result<Self> {
+        let (groups, a, b) = q.dims3()?;
         if k.dims() != q.dims() || v.dims() != q.dims() {
             candle_core::bail!(
                 "attention: q {:?}, k {:?} and v {:?} must have one shape",
@@ -34,48 +38,107 @@ impl Geometry {
                 v.dims()
             );
         }
-        Ok(Self { groups, n, d })
+        let (n, d) = if channels_first { (b, a) } else { (a, b) };
+        Ok(Self {
+            groups,
+            n,
+            d,
+            channels_first,
+        })
     }
     fn size(&self) -> usize {
         self.n * self.d
+    }
+    /// (row, column) strides of a group's N×d matrix (Q, K, V, O or their gradients).
+    fn tokens(&self) -> (usize, usize) {
+        if self.channels_first {
+            (1, self.n)
+        } else {
+            (self.d, 1)
+        }
+    }
+    /// (row, column) strides of its d×N transpose.
+    fn tokens_t(&self) -> (usize, usize) {
+        let (rs, cs) = self.tokens();
+        (cs, rs)
+    }
+}
+
+/// dst (an N×d matrix in the geometry's layout) = A (N×k) · B (k×d). Channels first, dst is
+/// stored as its d×N transpose, so the product computed is dstᵀ = Bᵀ·Aᵀ.
+fn into_tokens<T: Element>(
+    g: &Geometry,
+    dst: &mut [T],
+    k: usize,
+    a: (&[T], (usize, usize)),
+    b: (&[T], (usize, usize)),
+) {
+    let ((a, (a_rs, a_cs)), (b, (b_rs, b_cs))) = (a, b);
+    if g.channels_first {
+        matmul(
+            g.d,
+            g.n,
+            k,
+            dst,
+            false,
+            b,
+            (b_cs, b_rs),
+            a,
+            (a_cs, a_rs),
+            Parallelism::None,
+        );
+    } else {
+        matmul(
+            g.n,
+            g.d,
+            k,
+            dst,
+            false,
+            a,
+            (a_rs, a_cs),
+            b,
+            (b_rs, b_cs),
+            Parallelism::None,
+        );
     }
 }
 
 /// P = softmax(s·Q·Kᵀ) into `p` (N×N).
 fn weights<T: Element>(g: &Geometry, q: &[T], k: &[T], scale: f64, p: &mut [T]) {
     let (n, d) = (g.n, g.d);
-    matmul(n, n, d, p, false, q, (d, 1), k, (1, d), Parallelism::None);
+    matmul(
+        n,
+        n,
+        d,
+        p,
+        false,
+        q,
+        g.tokens(),
+        k,
+        g.tokens_t(),
+        Parallelism::None,
+    );
     for row in p.chunks_mut(n) {
         softmax_row(row, scale);
     }
 }
 
 fn forward<T: Element>(g: &Geometry, q: &[T], k: &[T], v: &[T], scale: f64) -> Vec<T> {
-    let (n, d, size) = (g.n, g.d, g.size());
+    let (n, size) = (g.n, g.size());
     let mut out = vec![T::ZERO; g.groups * size];
     out.par_chunks_mut(size).enumerate().for_each_init(
         || vec![T::ZERO; n * n],
         |p, (i, o)| {
             let range = i * size..(i + 1) * size;
             weights(g, &q[range.clone()], &k[range.clone()], scale, p);
-            matmul(
-                n,
-                d,
-                n,
-                o,
-                false,
-                p,
-                (n, 1),
-                &v[range],
-                (d, 1),
-                Parallelism::None,
-            );
+            // O = P·V.
+            into_tokens(g, o, n, (p, (n, 1)), (&v[range], g.tokens()));
         },
     );
     out
 }
 
-/// [dQ, dK, dV], each (G, N, d).
+/// [dQ, dK, dV], each laid out as Q.
 fn backward<T: Element>(g: &Geometry, q: &[T], k: &[T], v: &[T], grad: &[T], scale: f64) -> Vec<T> {
     let (n, d, size) = (g.n, g.d, g.size());
     let total = g.groups * size;
@@ -97,18 +160,7 @@ fn backward<T: Element>(g: &Geometry, q: &[T], k: &[T], v: &[T], grad: &[T], sca
                 );
                 weights(g, q_i, k_i, scale, p);
                 // dV = Pᵀ·dO; dP = dO·Vᵀ.
-                matmul(
-                    n,
-                    d,
-                    n,
-                    dv_i,
-                    false,
-                    p,
-                    (1, n),
-                    do_i,
-                    (d, 1),
-                    Parallelism::None,
-                );
+                into_tokens(g, dv_i, n, (p, (1, n)), (do_i, g.tokens()));
                 matmul(
                     n,
                     n,
@@ -116,9 +168,9 @@ fn backward<T: Element>(g: &Geometry, q: &[T], k: &[T], v: &[T], grad: &[T], sca
                     dp,
                     false,
                     do_i,
-                    (d, 1),
+                    g.tokens(),
                     v_i,
-                    (1, d),
+                    g.tokens_t(),
                     Parallelism::None,
                 );
                 // dS = s·P ⊙ (dP − rowsum(dP ⊙ P)), in place of dP.
@@ -126,30 +178,8 @@ fn backward<T: Element>(g: &Geometry, q: &[T], k: &[T], v: &[T], grad: &[T], sca
                     softmax_row_backward(dp_row, p_row, scale);
                 }
                 // dQ = dS·K; dK = dSᵀ·Q.
-                matmul(
-                    n,
-                    d,
-                    n,
-                    dq_i,
-                    false,
-                    dp,
-                    (n, 1),
-                    k_i,
-                    (d, 1),
-                    Parallelism::None,
-                );
-                matmul(
-                    n,
-                    d,
-                    n,
-                    dk_i,
-                    false,
-                    dp,
-                    (1, n),
-                    q_i,
-                    (d, 1),
-                    Parallelism::None,
-                );
+                into_tokens(g, dq_i, n, (dp, (n, 1)), (k_i, g.tokens()));
+                into_tokens(g, dk_i, n, (dp, (1, n)), (q_i, g.tokens()));
             },
         );
     packed
@@ -157,6 +187,7 @@ fn backward<T: Element>(g: &Geometry, q: &[T], k: &[T], v: &[T], grad: &[T], sca
 
 struct Attention {
     scale: f64,
+    channels_first: bool,
 }
 
 impl CustomOp3 for Attention {
@@ -173,7 +204,7 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l1.shape(), l2.shape(), l3.shape())?;
+        let g = Geometry::new(l1.shape(), l2.shape(), l3.shape(), self.channels_first)?;
         dispatch!(s1, "ddpm-attention", |T| {
             let q = contiguous::<T>(s1, l1, "ddpm-attention")?;
             let k = contiguous::<T>(s2, l2, "ddpm-attention")?;
@@ -197,7 +228,10 @@ impl CustomOp3 for Attention {
         let packed = qk.apply_op3_no_bwd(
             v,
             &grad.contiguous()?,
-            &AttentionBackward { scale: self.scale },
+            &AttentionBackward {
+                scale: self.scale,
+                channels_first: self.channels_first,
+            },
         )?;
         let n = q.elem_count();
         let part = |i: usize| packed.narrow(0, i * n, n)?.reshape(q.shape());
@@ -208,6 +242,7 @@ impl CustomOp3 for Attention {
 /// [dQ, dK, dV] packed, on ([Q, K] stacked, V, dO).
 struct AttentionBackward {
     scale: f64,
+    channels_first: bool,
 }
 
 impl CustomOp3 for AttentionBackward {
@@ -224,8 +259,8 @@ impl CustomOp3 for AttentionBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l2.shape(), l2.shape(), l3.shape())?;
-        if l1.dims() != [2, g.groups, g.n, g.d] {
+        let g = Geometry::new(l2.shape(), l2.shape(), l3.shape(), self.channels_first)?;
+        if l1.dims() != [&[2], l2.dims()].concat() {
             candle_core::bail!("attention backward: stacked q, k of shape {:?}", l1.dims());
         }
         dispatch!(s1, "ddpm-attention-backward", |T| {
@@ -246,9 +281,13 @@ impl CustomOp3 for AttentionBackward {
 /// half-precision inputs (diffusers' `upcast_softmax`).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     if super::applies_to(q) {
+        let op = Attention {
+            scale,
+            channels_first: false,
+        };
         return q
             .contiguous()?
-            .apply_op3(&k.contiguous()?, &v.contiguous()?, Attention { scale });
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
     }
     let dtype = q.dtype();
     let work = match dtype {
@@ -258,4 +297,22 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     let scores = q.to_dtype(work)?.matmul(&k.to_dtype(work)?.t()?)?;
     let weights = super::softmax_last_dim(&scores, scale)?.to_dtype(dtype)?;
     weights.matmul(v)
+}
+
+/// [`attention`] on Q, K, V of shape (G, d, N), channels first, returning (G, d, N): the
+/// layout of a (B, C, H, W) feature map viewed as (B·heads, C/heads, H·W), so that the
+/// projections around it can stay 1×1 convolutions with no transposed copies. The fused
+/// kernel on the CPU in f32/f64 (the same products with transposed strides); elsewhere
+/// [`attention`] between transposes.
+pub fn attention_channels_first(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    if super::applies_to(q) {
+        let op = Attention {
+            scale,
+            channels_first: true,
+        };
+        return q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+    }
+    attention(&q.t()?, &k.t()?, &v.t()?, scale)?.t()
 }
