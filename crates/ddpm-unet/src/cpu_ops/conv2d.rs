@@ -344,18 +344,19 @@ pub(super) fn matmul<T: Element>(
 /// y = conv(x, w) + b, with b either per channel (O) or per sample and channel (B·O).
 fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let (k, ohw) = (g.k(), g.out_pixels());
-    let mut y = vec![T::ZERO; g.batch * g.c_out * ohw];
-    let parallelism = g.gemm_parallelism();
-    let sample = |cols: &mut Vec<T>, (n, (y_n, x_n)): (usize, (&mut [T], &[T]))| {
-        // The output starts as the bias; gemm adds onto it.
-        let bias = if b.len() == g.c_out {
-            b
+    // The output starts as the bias (gemm adds onto it), written once, without a zero-fill
+    // first.
+    let per_channel = b.len() == g.c_out;
+    let mut y = element::par_filled(g.batch * g.c_out * ohw, ohw, |row, _| {
+        // Row n·O + o of the output belongs to sample n, channel o.
+        if per_channel {
+            b[row % g.c_out]
         } else {
-            &b[n * g.c_out..(n + 1) * g.c_out]
-        };
-        for (row, &bias) in y_n.chunks_mut(ohw).zip(bias) {
-            row.fill(bias);
+            b[row]
         }
+    });
+    let parallelism = g.gemm_parallelism();
+    let sample = |cols: &mut Vec<T>, (y_n, x_n): (&mut [T], &[T])| {
         let rhs: &[T] = if g.is_pointwise() {
             x_n
         } else {
@@ -379,16 +380,11 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     if let Parallelism::None = parallelism {
         y.par_chunks_mut(g.c_out * ohw)
             .zip(x.par_chunks(g.in_size()))
-            .enumerate()
             .with_min_len(g.batch.div_ceil(4 * super::threads()))
             .for_each_init(scratch, sample);
     } else {
         let mut cols = scratch();
-        for pair in y
-            .chunks_mut(g.c_out * ohw)
-            .zip(x.chunks(g.in_size()))
-            .enumerate()
-        {
+        for pair in y.chunks_mut(g.c_out * ohw).zip(x.chunks(g.in_size())) {
             sample(&mut cols, pair);
         }
     }
