@@ -4,9 +4,10 @@
 //! x86-64 machine, and the kernels' element loops would vectorise only four f32 lanes wide,
 //! without fused multiply-adds. [`vectorized_fn!`] defines a function that calls a kernel
 //! inlined into a copy compiled for AVX-512 (or AVX2 with FMA) when the running CPU has it;
-//! the `#[inline(always)]` helpers the kernel calls are inlined there too. (gemm does the same for its own kernels.) The results are bit-identical to
-//! the baseline path's: Rust never contracts `a·b + c` into a fused multiply-add on its own,
-//! so the wider code performs the same IEEE operations in the same order.
+//! the `#[inline(always)]` helpers the kernel calls are inlined there too. (gemm does the
+//! same for its own kernels.) The results are bit-identical to the baseline path's: Rust
+//! never contracts `a·b + c` into a fused multiply-add on its own, so the wider code
+//! performs the same IEEE operations in the same order.
 
 #[cfg(target_arch = "x86_64")]
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -58,13 +59,18 @@ fn from_u8(v: u8) -> SimdLevel {
 
 #[cfg(target_arch = "x86_64")]
 fn detect() -> SimdLevel {
-    let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+    // Every feature the copies are compiled with (see `vectorized_fn!`).
+    let avx2 = std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("avx")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("bmi1")
+        && std::arch::is_x86_feature_detected!("bmi2")
+        && std::arch::is_x86_feature_detected!("lzcnt");
+    let avx512 = avx2
+        && std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512vl")
         && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("fma");
-    let avx2 =
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+        && std::arch::is_x86_feature_detected!("avx512dq");
     let widest = if avx512 {
         SimdLevel::Avx512
     } else if avx2 {
