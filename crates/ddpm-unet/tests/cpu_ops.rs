@@ -314,6 +314,69 @@ fn softmax_matches_its_definition_and_finite_differences() {
     }
 }
 
+/// One attention case: `attend` against softmax(s·Q·Kᵀ)·V composed of candle's ops,
+/// forward and backward (f32), and against finite differences (f64). Channels first, the
+/// inputs are (G, d, N), and the reference works on their transposes.
+fn check_attention(
+    label: &str,
+    shape: [usize; 3],
+    scale: f64,
+    channels_first: bool,
+    attend: &dyn Fn(&Tensor, &Tensor, &Tensor, f64) -> Tensor,
+    seed: u64,
+) {
+    let q = Var::from_tensor(&randn(&shape, DType::F32, seed)).unwrap();
+    let k = Var::from_tensor(&randn(&shape, DType::F32, seed + 1)).unwrap();
+    let v = Var::from_tensor(&randn(&shape, DType::F32, seed + 2)).unwrap();
+    let ours = attend(&q, &k, &v, scale);
+    assert_eq!(ours.dims(), shape, "{label}: output shape");
+    let tokens = |t: &Tensor| {
+        if channels_first {
+            t.t().unwrap()
+        } else {
+            t.clone()
+        }
+    };
+    // candle's ops, composed by hand: softmax over the last dim of s·Q·Kᵀ, times V.
+    let s = tokens(&q)
+        .matmul(&tokens(&k).t().unwrap())
+        .unwrap()
+        .affine(scale, 0.0)
+        .unwrap();
+    let e = s
+        .broadcast_sub(&s.max_keepdim(2).unwrap().detach())
+        .unwrap()
+        .exp()
+        .unwrap();
+    let p = e.broadcast_div(&e.sum_keepdim(2).unwrap()).unwrap();
+    let reference = tokens(&p.matmul(&tokens(&v)).unwrap());
+    let err = rel_diff(&ours, &reference);
+    assert!(err < 1e-5, "{label}: forward differs by {err}");
+    let r = randn(&shape, DType::F32, seed + 3);
+    let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g_ref = (reference * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, var) in [("q", &q), ("k", &k), ("v", &v)] {
+        let err = rel_diff(g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
+        assert!(err < 1e-5, "{label}: ∂/∂{name} differs by {err}");
+    }
+    let inputs = [
+        randn(&shape, DType::F64, seed + 4),
+        randn(&shape, DType::F64, seed + 5),
+        randn(&shape, DType::F64, seed + 6),
+    ];
+    check_gradients(
+        label,
+        &inputs,
+        &|t| attend(&t[0], &t[1], &t[2], scale),
+        seed + 7,
+    );
+}
+
 #[test]
 fn attention_matches_candle_and_finite_differences() {
     use ddpm_unet::cpu_ops::attention;
@@ -321,54 +384,18 @@ fn attention_matches_candle_and_finite_differences() {
         .into_iter()
         .enumerate()
     {
-        let seed = 900 + 10 * i as u64;
-        let q = Var::from_tensor(&randn(&shape, DType::F32, seed)).unwrap();
-        let k = Var::from_tensor(&randn(&shape, DType::F32, seed + 1)).unwrap();
-        let v = Var::from_tensor(&randn(&shape, DType::F32, seed + 2)).unwrap();
-        let ours = attention(&q, &k, &v, scale).unwrap();
-        // candle's ops, composed by hand: softmax over the last dim of s·Q·Kᵀ, times V.
-        let s = q
-            .matmul(&k.t().unwrap())
-            .unwrap()
-            .affine(scale, 0.0)
-            .unwrap();
-        let e = s
-            .broadcast_sub(&s.max_keepdim(2).unwrap().detach())
-            .unwrap()
-            .exp()
-            .unwrap();
-        let p = e.broadcast_div(&e.sum_keepdim(2).unwrap()).unwrap();
-        let reference = p.matmul(&v).unwrap();
-        let err = rel_diff(&ours, &reference);
-        assert!(err < 1e-5, "case {i}: forward differs by {err}");
-        let r = randn(&shape, DType::F32, seed + 3);
-        let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_ref = (reference * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, var) in [("q", &q), ("k", &k), ("v", &v)] {
-            let err = rel_diff(g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
-            assert!(err < 1e-5, "case {i}: ∂/∂{name} differs by {err}");
-        }
-        let inputs = [
-            randn(&shape, DType::F64, seed + 4),
-            randn(&shape, DType::F64, seed + 5),
-            randn(&shape, DType::F64, seed + 6),
-        ];
-        check_gradients(
+        check_attention(
             &format!("attention case {i}"),
-            &inputs,
-            &|t| attention(&t[0], &t[1], &t[2], scale).unwrap(),
-            seed + 7,
+            shape,
+            scale,
+            false,
+            &|q, k, v, s| attention(q, k, v, s).unwrap(),
+            900 + 10 * i as u64,
         );
     }
 }
 
-/// Channels-first attention on (G, d, N) against candle's ops on the transposed (G, N, d)
-/// inputs, forward and backward, and against finite differences in f64.
+/// Channels-first attention on (G, d, N).
 #[test]
 fn channels_first_attention_matches_candle_and_finite_differences() {
     use ddpm_unet::cpu_ops::attention_channels_first;
@@ -376,46 +403,13 @@ fn channels_first_attention_matches_candle_and_finite_differences() {
         .into_iter()
         .enumerate()
     {
-        let seed = 1900 + 10 * i as u64;
-        let q = Var::from_tensor(&randn(&shape, DType::F32, seed)).unwrap();
-        let k = Var::from_tensor(&randn(&shape, DType::F32, seed + 1)).unwrap();
-        let v = Var::from_tensor(&randn(&shape, DType::F32, seed + 2)).unwrap();
-        let ours = attention_channels_first(&q, &k, &v, scale).unwrap();
-        assert_eq!(ours.dims(), shape, "case {i}: output shape");
-        // softmax(s·QᵀK) Vᵀ with candle's ops, transposed back to (G, d, N).
-        let (qt, vt) = (q.t().unwrap(), v.t().unwrap());
-        let s = qt.matmul(&k).unwrap().affine(scale, 0.0).unwrap();
-        let e = s
-            .broadcast_sub(&s.max_keepdim(2).unwrap().detach())
-            .unwrap()
-            .exp()
-            .unwrap();
-        let p = e.broadcast_div(&e.sum_keepdim(2).unwrap()).unwrap();
-        let reference = p.matmul(&vt).unwrap().t().unwrap();
-        let err = rel_diff(&ours, &reference);
-        assert!(err < 1e-5, "case {i}: forward differs by {err}");
-        let r = randn(&shape, DType::F32, seed + 3);
-        let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_ref = (reference * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, var) in [("q", &q), ("k", &k), ("v", &v)] {
-            let err = rel_diff(g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
-            assert!(err < 1e-5, "case {i}: ∂/∂{name} differs by {err}");
-        }
-        let inputs = [
-            randn(&shape, DType::F64, seed + 4),
-            randn(&shape, DType::F64, seed + 5),
-            randn(&shape, DType::F64, seed + 6),
-        ];
-        check_gradients(
+        check_attention(
             &format!("channels-first attention case {i}"),
-            &inputs,
-            &|t| attention_channels_first(&t[0], &t[1], &t[2], scale).unwrap(),
-            seed + 7,
+            shape,
+            scale,
+            true,
+            &|q, k, v, s| attention_channels_first(q, k, v, s).unwrap(),
+            1900 + 10 * i as u64,
         );
     }
 }
