@@ -60,37 +60,58 @@ const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 10] = [
     ([2, 2, 4, 1], [3, 2, 3, 3], 1, 1),
 ];
 
+/// One convolution case against candle's `conv2d` plus a broadcast bias, forward and
+/// backward (f32). The bias is (O), or (B, O) when `per_sample_bias`.
+fn check_conv_against_candle(
+    label: &str,
+    (xs, ws, stride, padding): ([usize; 4], [usize; 4], usize, usize),
+    per_sample_bias: bool,
+    seed: u64,
+) {
+    let x = Var::from_tensor(&randn(&xs, DType::F32, seed)).unwrap();
+    let w = Var::from_tensor(&randn(&ws, DType::F32, seed + 1)).unwrap();
+    let bias_shape = if per_sample_bias {
+        vec![xs[0], ws[0]]
+    } else {
+        vec![ws[0]]
+    };
+    let b = Var::from_tensor(&randn(&bias_shape, DType::F32, seed + 2)).unwrap();
+    let ours = conv2d(&x, &w, Some(&b), stride, padding).unwrap();
+    let b4 = if per_sample_bias {
+        b.unsqueeze(2).unwrap().unsqueeze(3).unwrap()
+    } else {
+        b.reshape((1, ws[0], 1, 1)).unwrap()
+    };
+    let reference = x
+        .conv2d(&w, padding, stride, 1, 1)
+        .unwrap()
+        .broadcast_add(&b4)
+        .unwrap();
+    assert_eq!(ours.dims(), reference.dims(), "{label}");
+    let err = rel_diff(&ours, &reference);
+    assert!(err < 1e-5, "{label}: forward differs by {err}");
+
+    let r = randn(reference.dims(), DType::F32, seed + 3);
+    let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g_ref = (reference * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, var) in [("x", &x), ("w", &w), ("b", &b)] {
+        let a = g_ours.get(var).unwrap();
+        let e = g_ref.get(var).unwrap();
+        assert_eq!(a.dims(), e.dims(), "{label}: ∂/∂{name} shape");
+        let err = rel_diff(a, e);
+        assert!(err < 1e-5, "{label}: ∂/∂{name} differs by {err}");
+    }
+}
+
 #[test]
 fn conv2d_matches_candle_forward_and_backward() {
-    for (i, (xs, ws, stride, padding)) in CONV_CASES.into_iter().enumerate() {
-        let seed = 10 * i as u64;
-        let x = Var::from_tensor(&randn(&xs, DType::F32, seed)).unwrap();
-        let w = Var::from_tensor(&randn(&ws, DType::F32, seed + 1)).unwrap();
-        let b = Var::from_tensor(&randn(&[ws[0]], DType::F32, seed + 2)).unwrap();
-        let ours = conv2d(&x, &w, Some(&b), stride, padding).unwrap();
-        let reference = x
-            .conv2d(&w, padding, stride, 1, 1)
-            .unwrap()
-            .broadcast_add(&b.reshape((1, ws[0], 1, 1)).unwrap())
-            .unwrap();
-        assert_eq!(ours.dims(), reference.dims(), "case {i}");
-        let err = rel_diff(&ours, &reference);
-        assert!(err < 1e-5, "case {i}: forward differs by {err}");
-
-        let r = randn(reference.dims(), DType::F32, seed + 3);
-        let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_ref = (reference * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, var) in [("x", &x), ("w", &w), ("b", &b)] {
-            let a = g_ours.get(var).unwrap();
-            let e = g_ref.get(var).unwrap();
-            let err = rel_diff(a, e);
-            assert!(err < 1e-5, "case {i}: ∂/∂{name} differs by {err}");
-        }
+    for (i, case) in CONV_CASES.into_iter().enumerate() {
+        check_conv_against_candle(&format!("case {i}"), case, false, 10 * i as u64);
     }
 }
 
@@ -109,42 +130,18 @@ fn conv2d_without_bias_equals_zero_bias() {
 /// finite differences in f64.
 #[test]
 fn conv2d_with_per_sample_bias() {
-    for (i, (xs, ws, stride, padding)) in CONV_CASES.into_iter().enumerate().step_by(3) {
+    for (i, case) in CONV_CASES.into_iter().enumerate().step_by(3) {
         let seed = 500 + 10 * i as u64;
-        let x = Var::from_tensor(&randn(&xs, DType::F32, seed)).unwrap();
-        let w = Var::from_tensor(&randn(&ws, DType::F32, seed + 1)).unwrap();
-        let b = Var::from_tensor(&randn(&[xs[0], ws[0]], DType::F32, seed + 2)).unwrap();
-        let ours = conv2d(&x, &w, Some(&b), stride, padding).unwrap();
-        let reference = x
-            .conv2d(&w, padding, stride, 1, 1)
-            .unwrap()
-            .broadcast_add(&b.unsqueeze(2).unwrap().unsqueeze(3).unwrap())
-            .unwrap();
-        let err = rel_diff(&ours, &reference);
-        assert!(err < 1e-5, "case {i}: forward differs by {err}");
-        let r = randn(reference.dims(), DType::F32, seed + 3);
-        let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_ref = (reference * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, var) in [("x", &x), ("w", &w), ("b", &b)] {
-            let a = g_ours.get(var).unwrap();
-            let e = g_ref.get(var).unwrap();
-            assert_eq!(a.dims(), e.dims(), "case {i}: ∂/∂{name} shape");
-            let err = rel_diff(a, e);
-            assert!(err < 1e-5, "case {i}: ∂/∂{name} differs by {err}");
-        }
-
+        let label = format!("per-sample bias, case {i}");
+        check_conv_against_candle(&label, case, true, seed);
+        let (xs, ws, stride, padding) = case;
         let inputs = [
             randn(&xs, DType::F64, seed + 4),
             randn(&ws, DType::F64, seed + 5),
             randn(&[xs[0], ws[0]], DType::F64, seed + 6),
         ];
         check_gradients(
-            &format!("conv2d per-sample bias, case {i}"),
+            &label,
             &inputs,
             &|t| conv2d(&t[0], &t[1], Some(&t[2]), stride, padding).unwrap(),
             seed + 7,
