@@ -44,6 +44,11 @@ fn randn(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
         .unwrap()
 }
 
+/// The gradients of L = Σ y·r.
+fn grads_of_weighted_sum(y: &Tensor, r: &Tensor) -> candle_core::backprop::GradStore {
+    (y * r).unwrap().sum_all().unwrap().backward().unwrap()
+}
+
 /// (input shape, weight shape, stride, padding)
 /// (x shape, weight shape, stride, padding). Stride 1 with OW = W (cases 0, 5, 7, 8, 9)
 /// takes the row-shift im2col/col2im; the others the general one.
@@ -92,13 +97,10 @@ fn check_conv_against_candle(
     assert!(err < 1e-5, "{label}: forward differs by {err}");
 
     let r = randn(reference.dims(), DType::F32, seed + 3);
-    let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g_ref = (reference * &r)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let (g_ours, g_ref) = (
+        grads_of_weighted_sum(&ours, &r),
+        grads_of_weighted_sum(&reference, &r),
+    );
     for (name, var) in [("x", &x), ("w", &w), ("b", &b)] {
         let a = g_ours.get(var).unwrap();
         let e = g_ref.get(var).unwrap();
@@ -168,7 +170,7 @@ fn check_gradients(label: &str, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tens
             .to_scalar::<f64>()
             .unwrap()
     };
-    let grads = (out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = grads_of_weighted_sum(&out, &r);
     for (k, var) in vars.iter().enumerate() {
         let analytic: Vec<f64> = grads
             .get(var)
@@ -350,13 +352,10 @@ fn check_attention(
     let err = rel_diff(&ours, &reference);
     assert!(err < 1e-5, "{label}: forward differs by {err}");
     let r = randn(&shape, DType::F32, seed + 3);
-    let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g_ref = (reference * &r)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let (g_ours, g_ref) = (
+        grads_of_weighted_sum(&ours, &r),
+        grads_of_weighted_sum(&reference, &r),
+    );
     for (name, var) in [("q", &q), ("k", &k), ("v", &v)] {
         let err = rel_diff(g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
         assert!(err < 1e-5, "{label}: ∂/∂{name} differs by {err}");

@@ -121,17 +121,14 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
 vectorized_fn!(
     /// Folds cols (C·KH·KW, OH·OW) back onto one sample dx (C, H, W), adding overlaps onto
     /// dx, which the caller provides zeroed. cols is scratch: its padding entries are zeroed.
-    fn col2im<T: Element>(g: &Geometry, cols: &mut [T], dx: &mut [T]) => col2im_generic
-);
-
-#[inline(always)]
-fn col2im_generic<T: Element>(g: &Geometry, cols: &mut [T], dx: &mut [T]) {
-    if g.is_row_shift() {
-        col2im_row_shift(g, cols, dx)
-    } else {
-        col2im_general(g, cols, dx)
+    fn col2im<T: Element>(g: &Geometry, cols: &mut [T], dx: &mut [T]) => col2im_generic {
+        if g.is_row_shift() {
+            col2im_row_shift(g, cols, dx)
+        } else {
+            col2im_general(g, cols, dx)
+        }
     }
-}
+);
 
 /// For one tap (u, v) of a [row-shift](Geometry::is_row_shift) geometry: the rows of the
 /// output that see the image (`y_lo..y_hi`), the valid columns (`x_lo..x_hi`), and the

@@ -83,41 +83,30 @@ vectorized_fn!(
         beta: &[T],
         eps: f64,
         silu: bool,
-    ) => forward_block_generic
-);
-
-#[inline(always)]
-fn forward_block_generic<T: Element>(
-    g: &Geometry,
-    y_b: &mut [T],
-    x_b: &[T],
-    gamma: &[T],
-    beta: &[T],
-    eps: f64,
-    silu: bool,
-) {
-    let (mean, rstd) = moments(x_b, eps);
-    for (c, (y_c, x_c)) in y_b
-        .chunks_mut(g.pixels)
-        .zip(x_b.chunks(g.pixels))
-        .enumerate()
-    {
-        // z = a·x + b with a = γ·r, b = β − μ·γ·r.
-        let a = gamma[c].to_f64() * rstd;
-        let b = beta[c].to_f64() - mean * a;
-        let (a, b) = (T::from_f64(a), T::from_f64(b));
-        if silu {
-            for (y, &x) in y_c.iter_mut().zip(x_c) {
-                let z = a * x + b;
-                *y = z * z.sigmoid();
-            }
-        } else {
-            for (y, &x) in y_c.iter_mut().zip(x_c) {
-                *y = a * x + b;
+    ) => forward_block_generic {
+        let (mean, rstd) = moments(x_b, eps);
+        for (c, (y_c, x_c)) in y_b
+            .chunks_mut(g.pixels)
+            .zip(x_b.chunks(g.pixels))
+            .enumerate()
+        {
+            // z = a·x + b with a = γ·r, b = β − μ·γ·r.
+            let a = gamma[c].to_f64() * rstd;
+            let b = beta[c].to_f64() - mean * a;
+            let (a, b) = (T::from_f64(a), T::from_f64(b));
+            if silu {
+                for (y, &x) in y_c.iter_mut().zip(x_c) {
+                    let z = a * x + b;
+                    *y = z * z.sigmoid();
+                }
+            } else {
+                for (y, &x) in y_c.iter_mut().zip(x_c) {
+                    *y = a * x + b;
+                }
             }
         }
     }
-}
+);
 
 /// [∂L/∂x (B·C·pixels), ∂L/∂γ (C), ∂L/∂β (C)].
 fn backward<T: Element>(
@@ -180,71 +169,58 @@ vectorized_fn!(
         beta: &[T],
         eps: f64,
         silu: bool,
-    ) -> Vec<f64> => backward_block_generic
+    ) -> Vec<f64> => backward_block_generic {
+        let cg = g.per_group();
+        let (mean, rstd) = moments(x_b, eps);
+        let mut sums = vec![0.0f64; 2 * cg];
+        let (mut sum_d, mut sum_dxhat) = (0.0f64, 0.0f64);
+        for c in 0..cg {
+            let range = c * g.pixels..(c + 1) * g.pixels;
+            let (gm, bt) = (gamma[c], beta[c]);
+            let (m, r) = (T::from_f64(mean), T::from_f64(rstd));
+            // First d = dz·γ into dx and dz·x̂ sums, then the sums over the channel,
+            // each vectorisable.
+            let (x_c, dy_c) = (&x_b[range.clone()], &dy_b[range.clone()]);
+            let d_c = &mut dx_b[range];
+            for ((d_out, &xv), &dyv) in d_c.iter_mut().zip(x_c).zip(dy_c) {
+                let dz = if silu {
+                    let z = gm * ((xv - m) * r) + bt;
+                    let s = z.sigmoid();
+                    dyv * s * (T::ONE + z * (T::ONE - s))
+                } else {
+                    dyv
+                };
+                *d_out = dz;
+            }
+            // Σ dz·x̂ = r·(Σ dz·x − μ·Σ dz).
+            let sum_dz = element::sum(d_c);
+            let sum_dz_x = element::dot(d_c, x_c);
+            let dgamma = rstd * (sum_dz_x - mean * sum_dz);
+            let dbeta = sum_dz;
+            let gm64 = gm.to_f64();
+            sum_d += gm64 * dbeta;
+            sum_dxhat += gm64 * dgamma;
+            sums[c] = dgamma;
+            sums[cg + c] = dbeta;
+        }
+        let n = x_b.len() as f64;
+        let (mean_d, mean_dxhat) = (sum_d / n, sum_dxhat / n);
+        // ∂L/∂x = r·(d − mean(d) − x̂·mean(d·x̂)) = a_c·dz + b·x + c, d = γ_c·dz.
+        let b = T::from_f64(-rstd * rstd * mean_dxhat);
+        let c = T::from_f64(-rstd * mean_d + rstd * rstd * mean * mean_dxhat);
+        for (ch, (dx_c, x_c)) in dx_b
+            .chunks_mut(g.pixels)
+            .zip(x_b.chunks(g.pixels))
+            .enumerate()
+        {
+            let a = T::from_f64(rstd * gamma[ch].to_f64());
+            for (d_out, &xv) in dx_c.iter_mut().zip(x_c) {
+                *d_out = a * *d_out + b * xv + c;
+            }
+        }
+        sums
+    }
 );
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn backward_block_generic<T: Element>(
-    g: &Geometry,
-    dx_b: &mut [T],
-    x_b: &[T],
-    dy_b: &[T],
-    gamma: &[T],
-    beta: &[T],
-    eps: f64,
-    silu: bool,
-) -> Vec<f64> {
-    let cg = g.per_group();
-    let (mean, rstd) = moments(x_b, eps);
-    let mut sums = vec![0.0f64; 2 * cg];
-    let (mut sum_d, mut sum_dxhat) = (0.0f64, 0.0f64);
-    for c in 0..cg {
-        let range = c * g.pixels..(c + 1) * g.pixels;
-        let (gm, bt) = (gamma[c], beta[c]);
-        let (m, r) = (T::from_f64(mean), T::from_f64(rstd));
-        // First d = dz·γ into dx and dz·x̂ sums, then the sums over the channel,
-        // each vectorisable.
-        let (x_c, dy_c) = (&x_b[range.clone()], &dy_b[range.clone()]);
-        let d_c = &mut dx_b[range];
-        for ((d_out, &xv), &dyv) in d_c.iter_mut().zip(x_c).zip(dy_c) {
-            let dz = if silu {
-                let z = gm * ((xv - m) * r) + bt;
-                let s = z.sigmoid();
-                dyv * s * (T::ONE + z * (T::ONE - s))
-            } else {
-                dyv
-            };
-            *d_out = dz;
-        }
-        // Σ dz·x̂ = r·(Σ dz·x − μ·Σ dz).
-        let sum_dz = element::sum(d_c);
-        let sum_dz_x = element::dot(d_c, x_c);
-        let dgamma = rstd * (sum_dz_x - mean * sum_dz);
-        let dbeta = sum_dz;
-        let gm64 = gm.to_f64();
-        sum_d += gm64 * dbeta;
-        sum_dxhat += gm64 * dgamma;
-        sums[c] = dgamma;
-        sums[cg + c] = dbeta;
-    }
-    let n = x_b.len() as f64;
-    let (mean_d, mean_dxhat) = (sum_d / n, sum_dxhat / n);
-    // ∂L/∂x = r·(d − mean(d) − x̂·mean(d·x̂)) = a_c·dz + b·x + c, d = γ_c·dz.
-    let b = T::from_f64(-rstd * rstd * mean_dxhat);
-    let c = T::from_f64(-rstd * mean_d + rstd * rstd * mean * mean_dxhat);
-    for (ch, (dx_c, x_c)) in dx_b
-        .chunks_mut(g.pixels)
-        .zip(x_b.chunks(g.pixels))
-        .enumerate()
-    {
-        let a = T::from_f64(rstd * gamma[ch].to_f64());
-        for (d_out, &xv) in dx_c.iter_mut().zip(x_c) {
-            *d_out = a * *d_out + b * xv + c;
-        }
-    }
-    sums
-}
 
 struct GroupNormOp {
     groups: usize,

@@ -96,7 +96,25 @@ fn detect() -> SimdLevel {
 /// set of [`simd_level`]. The kernel should do a sizeable piece of work (a row, a block),
 /// since each call costs a branch. (A closure passed to a `#[target_feature]` function is
 /// not inlined into it, so the dispatch has to name the kernel.)
+///
+/// Two forms: `fn name<T: Bound>(args) -> ret => kernel { body }` also defines `kernel` with
+/// that body (callable directly: the baseline copy); `fn name<T: Bound>(args) -> ret =>
+/// path::to::kernel` dispatches to an existing one.
 macro_rules! vectorized_fn {
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident<$T:ident: $bound:path>($($arg:ident: $ty:ty),* $(,)?)
+            $(-> $ret:ty)? => $kernel:ident $body:block
+    ) => {
+        $(#[$meta])*
+        #[inline(always)]
+        fn $kernel<$T: $bound>($($arg: $ty),*) $(-> $ret)? $body
+
+        $crate::cpu_ops::simd::vectorized_fn!(
+            $(#[$meta])*
+            $vis fn $name<$T: $bound>($($arg: $ty),*) $(-> $ret)? => $kernel
+        );
+    };
     (
         $(#[$meta:meta])*
         $vis:vis fn $name:ident<$T:ident: $bound:path>($($arg:ident: $ty:ty),* $(,)?)
@@ -138,12 +156,9 @@ pub(crate) use vectorized_fn;
 mod tests {
     use super::super::element::{self, Element};
 
-    #[inline(always)]
-    fn sum_generic<T: Element>(xs: &[T]) -> f64 {
+    vectorized_fn!(fn sum<T: Element>(xs: &[T]) -> f64 => sum_generic {
         element::sum(xs)
-    }
-
-    vectorized_fn!(fn sum<T: Element>(xs: &[T]) -> f64 => sum_generic);
+    });
 
     #[test]
     fn dispatched_kernel_matches_the_baseline_bit_for_bit() {

@@ -13,36 +13,30 @@ const ROWS_PER_TASK: usize = 64;
 
 vectorized_fn!(
     /// One row, in place: x ← softmax(s·x), shifted by the row maximum.
-    pub(super) fn softmax_row<T: Element>(row: &mut [T], scale: f64) => softmax_row_generic
+    pub(super) fn softmax_row<T: Element>(row: &mut [T], scale: f64) => softmax_row_generic {
+        let s = T::from_f64(scale);
+        let shift = s * element::max(row);
+        for x in row.iter_mut() {
+            *x = (s * *x - shift).exp();
+        }
+        let inv = T::from_f64(1.0 / element::sum(row));
+        for x in row.iter_mut() {
+            *x = *x * inv;
+        }
+    }
 );
-
-#[inline(always)]
-fn softmax_row_generic<T: Element>(row: &mut [T], scale: f64) {
-    let s = T::from_f64(scale);
-    let shift = s * element::max(row);
-    for x in row.iter_mut() {
-        *x = (s * *x - shift).exp();
-    }
-    let inv = T::from_f64(1.0 / element::sum(row));
-    for x in row.iter_mut() {
-        *x = *x * inv;
-    }
-}
 
 vectorized_fn!(
     /// One row's backward, in place: g ← s·y ⊙ (g − g·y), for y = softmax(s·x).
     pub(super) fn softmax_row_backward<T: Element>(grad: &mut [T], y: &[T], scale: f64)
-        => softmax_row_backward_generic
-);
-
-#[inline(always)]
-fn softmax_row_backward_generic<T: Element>(grad: &mut [T], y: &[T], scale: f64) {
-    let dot = T::from_f64(element::dot(grad, y));
-    let s = T::from_f64(scale);
-    for (g, &yv) in grad.iter_mut().zip(y) {
-        *g = s * yv * (*g - dot);
+        => softmax_row_backward_generic {
+        let dot = T::from_f64(element::dot(grad, y));
+        let s = T::from_f64(scale);
+        for (g, &yv) in grad.iter_mut().zip(y) {
+            *g = s * yv * (*g - dot);
+        }
     }
-}
+);
 
 fn forward<T: Element>(x: &[T], cols: usize, scale: f64) -> Vec<T> {
     let mut y = x.to_vec();
