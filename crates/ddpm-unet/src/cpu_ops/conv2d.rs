@@ -344,7 +344,7 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     // The output starts as the bias (gemm adds onto it), written once, without a zero-fill
     // first.
     let per_channel = b.len() == g.c_out;
-    let mut y = element::par_filled(g.batch * g.c_out * ohw, ohw, |row, _| {
+    let mut y = element::par_filled_rows(g.batch * g.c_out * ohw, ohw, |row| {
         // Row n·O + o of the output belongs to sample n, channel o.
         if per_channel {
             b[row % g.c_out]

@@ -118,23 +118,24 @@ pub(crate) fn contiguous<'a, T: Element>(
     }
 }
 
-/// The vector [value(i, j)], where element j of chunk i (chunks of `chunk` consecutive
-/// elements, the last possibly shorter) is value(i, j), written in parallel chunk by chunk,
-/// without the zero-fill that `vec![0; len]` would cost first: an extra write pass over an
-/// output that is about to be overwritten.
-pub(crate) fn par_filled<T: Element>(
+/// A vector of `len` elements in consecutive rows of `row` elements (the last possibly
+/// shorter), each row filled with `value(i)` for its index i, written in parallel without
+/// the zero-fill that `vec![0; len]` would cost first: an extra write pass over an output
+/// that is about to be overwritten.
+pub(crate) fn par_filled_rows<T: Element>(
     len: usize,
-    chunk: usize,
-    value: impl Fn(usize, usize) -> T + Sync,
+    row: usize,
+    value: impl Fn(usize) -> T + Sync,
 ) -> Vec<T> {
     use rayon::prelude::*;
     let mut v = Vec::with_capacity(len);
     v.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk.max(1))
+        .par_chunks_mut(row.max(1))
         .enumerate()
         .for_each(|(i, part)| {
-            for (j, slot) in part.iter_mut().enumerate() {
-                slot.write(value(i, j));
+            let x = value(i);
+            for slot in part {
+                slot.write(x);
             }
         });
     // SAFETY: the loop above wrote each of the first `len` elements.
