@@ -4,7 +4,6 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::cpu_ops;
 use crate::layers::Conv2d;
 
 use crate::resnet::conv3x3;
@@ -38,12 +37,7 @@ impl Module for Downsample2D {
     }
 }
 
-/// Nearest-neighbour doubling, with a backward pass that sums the four copies' gradients
-/// (candle 0.11's `upsample_nearest2d` backward overwrites them); see
-/// [`cpu_ops::upsample_nearest_2x`].
-pub fn upsample_nearest_2x(x: &Tensor) -> candle_core::Result<Tensor> {
-    cpu_ops::upsample_nearest_2x(x)
-}
+pub use crate::cpu_ops::upsample_nearest_2x;
 
 /// Nearest-neighbour doubling, then a 3×3 convolution.
 #[derive(Debug, Clone)]

@@ -88,6 +88,12 @@ impl Geometry {
             Parallelism::Rayon(threads)
         }
     }
+
+    /// Samples per parallel task over the batch: at most four tasks per thread, so that each
+    /// task's im2col scratch is allocated a few times per convolution, not once per sample.
+    fn samples_per_task(&self) -> usize {
+        self.batch.div_ceil(4 * super::threads())
+    }
 }
 
 /// The range of output columns j whose input column s·j + v − p lies inside 0..w.
@@ -377,7 +383,7 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     if let Parallelism::None = parallelism {
         y.par_chunks_mut(g.c_out * ohw)
             .zip(x.par_chunks(g.in_size()))
-            .with_min_len(g.batch.div_ceil(4 * super::threads()))
+            .with_min_len(g.samples_per_task())
             .for_each_init(scratch, sample);
     } else {
         let mut cols = scratch();
@@ -428,7 +434,7 @@ fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
     if let Parallelism::None = parallelism {
         dx.par_chunks_mut(g.in_size())
             .zip(grad.par_chunks(g.c_out * ohw))
-            .with_min_len(g.batch.div_ceil(4 * super::threads()))
+            .with_min_len(g.samples_per_task())
             .for_each_init(scratch, sample);
     } else {
         let mut cols = scratch();
