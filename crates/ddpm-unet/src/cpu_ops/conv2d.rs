@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::element::{self, contiguous, dispatch, Element};
 use super::simd::vectorized_fn;
+use super::winograd;
 
 /// The shapes of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +78,38 @@ impl Geometry {
     /// A 1×1 convolution with stride 1 and no padding needs no unfolding: cols = x.
     fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+    /// A 3×3 convolution with stride 1 and padding 1, which goes through Winograd's
+    /// F(2×2, 3×3) (see [`super::winograd`]) unless that is switched off.
+    fn winograd(&self) -> Option<winograd::Tiling> {
+        let applies = self.kh == 3 && self.kw == 3 && self.stride == 1 && self.padding == 1;
+        (applies && winograd::enabled())
+            .then(|| winograd::Tiling::new(self.batch, self.c_in, self.c_out, self.h, self.w))
+    }
+    /// For stride 1 (and a padding below the kernel size), the convolution whose output is
+    /// ∂L/∂x: ∂L/∂x[n, c, i, j] = Σ_{o,u,v} g[n, o, i + u − p′, j + v − p′]·w′[c, o, u, v]
+    /// with w′ the flipped, transposed kernel ([`flip_transpose`]) and p′ = K − 1 − p, the
+    /// output gradient zero outside. Its gemm sums over K′ = O·KH·KW instead of O, and
+    /// there is no col2im: the input gradient's (C·KH·KW)×(OH·OW) columns are never formed.
+    fn transposed(&self) -> Option<Geometry> {
+        let square = self.kh == self.kw;
+        if self.stride != 1 || !square || self.padding >= self.kh || self.is_pointwise() {
+            return None;
+        }
+        let padding = self.kh - 1 - self.padding;
+        Some(Geometry {
+            batch: self.batch,
+            c_in: self.c_out,
+            h: self.oh,
+            w: self.ow,
+            c_out: self.c_in,
+            kh: self.kh,
+            kw: self.kw,
+            stride: 1,
+            padding,
+            oh: self.h,
+            ow: self.w,
+        })
     }
     /// Split the batch over threads (one gemm per sample) when there are enough samples;
     /// otherwise let each gemm use the threads.
@@ -346,6 +379,9 @@ pub(super) fn matmul<T: Element>(
 
 /// y = conv(x, w) + b, with b either per channel (O) or per sample and channel (B·O).
 fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+    if let Some(tiling) = g.winograd() {
+        return winograd::forward(&tiling, x, w, b);
+    }
     let (k, ohw) = (g.k(), g.out_pixels());
     // The output starts as the bias (gemm adds onto it), written once, without a zero-fill
     // first.
@@ -394,8 +430,32 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     y
 }
 
+/// The kernel of the transposed convolution: w′[c, o, u, v] = w[o, c, KH − 1 − u, KW − 1 − v].
+fn flip_transpose<T: Element>(g: &Geometry, w: &[T]) -> Vec<T> {
+    let (kh, kw) = (g.kh, g.kw);
+    let mut flipped = vec![T::ZERO; w.len()];
+    for o in 0..g.c_out {
+        for c in 0..g.c_in {
+            for u in 0..kh {
+                for v in 0..kw {
+                    flipped[((c * g.c_out + o) * kh + kh - 1 - u) * kw + kw - 1 - v] =
+                        w[((o * g.c_in + c) * kh + u) * kw + v];
+                }
+            }
+        }
+    }
+    flipped
+}
+
 /// ∂L/∂x from the output gradient.
 fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
+    if let Some(tiling) = g.winograd() {
+        return winograd::grad_input(&tiling, grad, w);
+    }
+    if let Some(transposed) = g.transposed() {
+        let no_bias = vec![T::ZERO; g.c_in];
+        return forward(&transposed, grad, &flip_transpose(g, w), &no_bias);
+    }
     let (k, ohw) = (g.k(), g.out_pixels());
     let mut dx = vec![T::ZERO; g.batch * g.in_size()];
     let parallelism = g.gemm_parallelism();
@@ -501,7 +561,9 @@ fn grad_weight_bias<T: Element>(
     let chunks = x
         .par_chunks(per_chunk * g.in_size())
         .zip(grad.par_chunks(per_chunk * o * ohw));
-    let mut packed = if let Parallelism::None = parallelism {
+    let mut packed = if let Some(tiling) = g.winograd() {
+        winograd::grad_weight(&tiling, x, grad)
+    } else if let Parallelism::None = parallelism {
         chunks.map(partial).reduce(|| vec![T::ZERO; o * k], add)
     } else {
         partial((x, grad))

@@ -1,5 +1,7 @@
 //! The element types the kernels run on, and typed access to candle's CPU storage.
 
+use std::cell::RefCell;
+
 use candle_core::{CpuStorage, Layout, Result};
 
 /// f32 or f64.
@@ -28,6 +30,29 @@ pub(crate) trait Element:
     fn slice(storage: &CpuStorage) -> Option<&[Self]>;
     /// Wraps a vector as storage.
     fn storage(data: Vec<Self>) -> CpuStorage;
+    /// This thread's scratch buffer of this type (see [`with_scratch`]).
+    fn scratch() -> &'static std::thread::LocalKey<RefCell<Vec<Self>>>;
+}
+
+thread_local! {
+    static SCRATCH_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` elements of this thread's scratch buffer, which persists between
+/// calls, so that large per-task buffers are not allocated, zeroed and page-faulted in on
+/// every call. The elements hold whatever the last user left: `f` must write before it
+/// reads. (A nested call on the same thread gets a fresh zeroed vector instead.)
+pub(crate) fn with_scratch<T: Element, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    T::scratch().with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => {
+            if buffer.len() < len {
+                buffer.resize(len, T::ZERO);
+            }
+            f(&mut buffer[..len])
+        }
+        Err(_) => f(&mut vec![T::ZERO; len]),
+    })
 }
 
 impl Element for f32 {
@@ -62,6 +87,9 @@ impl Element for f32 {
     fn storage(data: Vec<Self>) -> CpuStorage {
         CpuStorage::F32(data)
     }
+    fn scratch() -> &'static std::thread::LocalKey<RefCell<Vec<Self>>> {
+        &SCRATCH_F32
+    }
 }
 
 impl Element for f64 {
@@ -95,6 +123,9 @@ impl Element for f64 {
     }
     fn storage(data: Vec<Self>) -> CpuStorage {
         CpuStorage::F64(data)
+    }
+    fn scratch() -> &'static std::thread::LocalKey<RefCell<Vec<Self>>> {
+        &SCRATCH_F64
     }
 }
 
