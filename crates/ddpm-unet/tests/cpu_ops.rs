@@ -49,10 +49,12 @@ fn grads_of_weighted_sum(y: &Tensor, r: &Tensor) -> candle_core::backprop::GradS
     (y * r).unwrap().sum_all().unwrap().backward().unwrap()
 }
 
-/// (input shape, weight shape, stride, padding)
-/// (x shape, weight shape, stride, padding). Stride 1 with OW = W (cases 0, 5, 7, 8, 9)
-/// takes the row-shift im2col/col2im; the others the general one.
-const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 10] = [
+/// (x shape, weight shape, stride, padding). Stride 1 with OW = W (cases 0, 5, 7, 8, 9,
+/// 10, 12) takes the row-shift im2col/col2im; the others the general one. The input
+/// gradient is a convolution with the flipped, transposed kernel for stride 1, a square
+/// kernel and no more output than input channels (cases 7, 10, 11, 12; case 11's has a
+/// padding of 2 and takes the general im2col), and gemm + col2im for the others.
+const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 13] = [
     ([4, 3, 7, 9], [5, 3, 3, 3], 1, 1),
     ([3, 4, 8, 8], [4, 4, 3, 3], 2, 1),
     ([3, 4, 9, 7], [2, 4, 3, 3], 2, 0),
@@ -63,6 +65,9 @@ const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 10] = [
     ([2, 3, 6, 7], [2, 3, 5, 5], 1, 2),
     ([2, 2, 4, 5], [3, 2, 1, 3], 1, 1),
     ([2, 2, 4, 1], [3, 2, 3, 3], 1, 1),
+    ([3, 4, 5, 6], [4, 4, 3, 3], 1, 1),
+    ([2, 5, 7, 6], [3, 5, 3, 3], 1, 0),
+    ([2, 3, 5, 1], [2, 3, 3, 3], 1, 1),
 ];
 
 /// One convolution case against candle's `conv2d` plus a broadcast bias, forward and
@@ -125,6 +130,28 @@ fn conv2d_without_bias_equals_zero_bias() {
     let a = conv2d(&x, &w, None, 1, 1).unwrap();
     let b = conv2d(&x, &w, Some(&zero), 1, 1).unwrap();
     assert_eq!(rel_diff(&a, &b), 0.0);
+}
+
+/// An input that tracks no gradient (the U-Net's noisy image) gets none, and the weight
+/// and bias gradients are still candle's.
+#[test]
+fn conv2d_skips_the_gradient_of_an_untracked_input() {
+    let x = randn(&[2, 3, 6, 5], DType::F32, 31);
+    let w = Var::from_tensor(&randn(&[4, 3, 3, 3], DType::F32, 32)).unwrap();
+    let b = Var::from_tensor(&randn(&[4], DType::F32, 33)).unwrap();
+    let r = randn(&[2, 4, 6, 5], DType::F32, 34);
+    let ours = grads_of_weighted_sum(&conv2d(&x, &w, Some(&b), 1, 1).unwrap(), &r);
+    let reference = x
+        .conv2d(&w, 1, 1, 1, 1)
+        .unwrap()
+        .broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap())
+        .unwrap();
+    let expected = grads_of_weighted_sum(&reference, &r);
+    assert!(ours.get(&x).is_none());
+    for (name, var) in [("w", &w), ("b", &b)] {
+        let err = rel_diff(ours.get(var).unwrap(), expected.get(var).unwrap());
+        assert!(err < 1e-5, "∂/∂{name} differs by {err}");
+    }
 }
 
 /// A bias per sample and channel (B, O), as a residual block's time embedding uses it,

@@ -13,9 +13,8 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::element::{self, contiguous, dispatch, Element};
+use super::element::{self, contiguous, dispatch, with_scratch, Element};
 use super::simd::vectorized_fn;
-use super::winograd;
 
 /// The shapes of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,21 +78,22 @@ impl Geometry {
     fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
     }
-    /// A 3×3 convolution with stride 1 and padding 1, which goes through Winograd's
-    /// F(2×2, 3×3) (see [`super::winograd`]) unless that is switched off.
-    fn winograd(&self) -> Option<winograd::Tiling> {
-        let applies = self.kh == 3 && self.kw == 3 && self.stride == 1 && self.padding == 1;
-        (applies && winograd::enabled())
-            .then(|| winograd::Tiling::new(self.batch, self.c_in, self.c_out, self.h, self.w))
-    }
-    /// For stride 1 (and a padding below the kernel size), the convolution whose output is
-    /// ∂L/∂x: ∂L/∂x[n, c, i, j] = Σ_{o,u,v} g[n, o, i + u − p′, j + v − p′]·w′[c, o, u, v]
-    /// with w′ the flipped, transposed kernel ([`flip_transpose`]) and p′ = K − 1 − p, the
-    /// output gradient zero outside. Its gemm sums over K′ = O·KH·KW instead of O, and
-    /// there is no col2im: the input gradient's (C·KH·KW)×(OH·OW) columns are never formed.
+    /// For stride 1, a square kernel, a padding below the kernel size and no more output
+    /// than input channels: the convolution whose output is ∂L/∂x,
+    /// ∂L/∂x[n, c, i, j] = Σ_{o,u,v} g[n, o, i + u − p′, j + v − p′]·w′[c, o, u, v], with w′
+    /// the flipped, transposed kernel ([`flip_transpose`]), p′ = K − 1 − p, and the output
+    /// gradient g zero outside the image. It unfolds the gradient's O·KH·KW rows instead of
+    /// forming and folding back (col2im) the input's C·KH·KW, and its gemm sums over O·KH·KW
+    /// terms instead of O. With more output than input channels (the first convolution),
+    /// the unfolded gradient would be the larger, and col2im is cheaper.
     fn transposed(&self) -> Option<Geometry> {
         let square = self.kh == self.kw;
-        if self.stride != 1 || !square || self.padding >= self.kh || self.is_pointwise() {
+        if self.stride != 1
+            || !square
+            || self.padding >= self.kh
+            || self.is_pointwise()
+            || self.c_out > self.c_in
+        {
             return None;
         }
         let padding = self.kh - 1 - self.padding;
@@ -111,6 +111,7 @@ impl Geometry {
             ow: self.w,
         })
     }
+
     /// Split the batch over threads (one gemm per sample) when there are enough samples;
     /// otherwise let each gemm use the threads.
     fn gemm_parallelism(&self) -> Parallelism {
@@ -120,12 +121,6 @@ impl Geometry {
         } else {
             Parallelism::Rayon(threads)
         }
-    }
-
-    /// Samples per parallel task over the batch: at most four tasks per thread, so that each
-    /// task's im2col scratch is allocated a few times per convolution, not once per sample.
-    fn samples_per_task(&self) -> usize {
-        self.batch.div_ceil(4 * super::threads())
     }
 }
 
@@ -379,9 +374,6 @@ pub(super) fn matmul<T: Element>(
 
 /// y = conv(x, w) + b, with b either per channel (O) or per sample and channel (B·O).
 fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
-    if let Some(tiling) = g.winograd() {
-        return winograd::forward(&tiling, x, w, b);
-    }
     let (k, ohw) = (g.k(), g.out_pixels());
     // The output starts as the bias (gemm adds onto it), written once, without a zero-fill
     // first.
@@ -395,37 +387,38 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
         }
     });
     let parallelism = g.gemm_parallelism();
-    let sample = |cols: &mut Vec<T>, (y_n, x_n): (&mut [T], &[T])| {
-        let rhs: &[T] = if g.is_pointwise() {
-            x_n
-        } else {
-            im2col(g, x_n, cols);
-            cols
+    let sample = |(y_n, x_n): (&mut [T], &[T])| {
+        let mut product = |rhs: &[T]| {
+            matmul(
+                g.c_out,
+                ohw,
+                k,
+                y_n,
+                true,
+                w,
+                (k, 1),
+                rhs,
+                (ohw, 1),
+                parallelism,
+            )
         };
-        matmul(
-            g.c_out,
-            ohw,
-            k,
-            y_n,
-            true,
-            w,
-            (k, 1),
-            rhs,
-            (ohw, 1),
-            parallelism,
-        );
+        if g.is_pointwise() {
+            product(x_n)
+        } else {
+            with_scratch(k * ohw, |cols| {
+                im2col(g, x_n, cols);
+                product(cols)
+            })
+        }
     };
-    let scratch = || vec![T::ZERO; if g.is_pointwise() { 0 } else { k * ohw }];
     if let Parallelism::None = parallelism {
         y.par_chunks_mut(g.c_out * ohw)
             .zip(x.par_chunks(g.in_size()))
-            .with_min_len(g.samples_per_task())
-            .for_each_init(scratch, sample);
+            .for_each(sample);
     } else {
-        let mut cols = scratch();
-        for pair in y.chunks_mut(g.c_out * ohw).zip(x.chunks(g.in_size())) {
-            sample(&mut cols, pair);
-        }
+        y.chunks_mut(g.c_out * ohw)
+            .zip(x.chunks(g.in_size()))
+            .for_each(sample);
     }
     y
 }
@@ -449,9 +442,6 @@ fn flip_transpose<T: Element>(g: &Geometry, w: &[T]) -> Vec<T> {
 
 /// ∂L/∂x from the output gradient.
 fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
-    if let Some(tiling) = g.winograd() {
-        return winograd::grad_input(&tiling, grad, w);
-    }
     if let Some(transposed) = g.transposed() {
         let no_bias = vec![T::ZERO; g.c_in];
         return forward(&transposed, grad, &flip_transpose(g, w), &no_bias);
@@ -459,48 +449,39 @@ fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
     let (k, ohw) = (g.k(), g.out_pixels());
     let mut dx = vec![T::ZERO; g.batch * g.in_size()];
     let parallelism = g.gemm_parallelism();
-    let sample = |cols: &mut Vec<T>, (dx_n, g_n): (&mut [T], &[T])| {
+    let sample = |(dx_n, g_n): (&mut [T], &[T])| {
         // Wᵀ (K×O): element (r, o) = w[o·K + r].
+        let product = |dst: &mut [T]| {
+            matmul(
+                k,
+                ohw,
+                g.c_out,
+                dst,
+                false,
+                w,
+                (1, k),
+                g_n,
+                (ohw, 1),
+                parallelism,
+            )
+        };
         if g.is_pointwise() {
-            matmul(
-                k,
-                ohw,
-                g.c_out,
-                dx_n,
-                false,
-                w,
-                (1, k),
-                g_n,
-                (ohw, 1),
-                parallelism,
-            );
+            product(dx_n)
         } else {
-            matmul(
-                k,
-                ohw,
-                g.c_out,
-                cols,
-                false,
-                w,
-                (1, k),
-                g_n,
-                (ohw, 1),
-                parallelism,
-            );
-            col2im(g, cols, dx_n);
+            with_scratch(k * ohw, |cols| {
+                product(cols);
+                col2im(g, cols, dx_n);
+            })
         }
     };
-    let scratch = || vec![T::ZERO; if g.is_pointwise() { 0 } else { k * ohw }];
     if let Parallelism::None = parallelism {
         dx.par_chunks_mut(g.in_size())
             .zip(grad.par_chunks(g.c_out * ohw))
-            .with_min_len(g.samples_per_task())
-            .for_each_init(scratch, sample);
+            .for_each(sample);
     } else {
-        let mut cols = scratch();
-        for pair in dx.chunks_mut(g.in_size()).zip(grad.chunks(g.c_out * ohw)) {
-            sample(&mut cols, pair);
-        }
+        dx.chunks_mut(g.in_size())
+            .zip(grad.chunks(g.c_out * ohw))
+            .for_each(sample);
     }
     dx
 }
@@ -524,31 +505,34 @@ fn grad_weight_bias<T: Element>(
     let parallelism = g.gemm_parallelism();
     let partial = |(x_chunk, g_chunk): (&[T], &[T])| -> Vec<T> {
         let mut dw = vec![T::ZERO; o * k];
-        let mut cols = vec![T::ZERO; if g.is_pointwise() { 0 } else { k * ohw }];
         for (n, (x_n, g_n)) in x_chunk
             .chunks(g.in_size())
             .zip(g_chunk.chunks(o * ohw))
             .enumerate()
         {
-            let rhs: &[T] = if g.is_pointwise() {
-                x_n
-            } else {
-                im2col(g, x_n, &mut cols);
-                &cols
-            };
             // colsᵀ (OHW×K): element (j, r) = cols[r·OHW + j].
-            matmul(
-                o,
-                k,
-                ohw,
-                &mut dw,
-                n > 0,
-                g_n,
-                (ohw, 1),
-                rhs,
-                (1, ohw),
-                parallelism,
-            );
+            let mut product = |rhs: &[T]| {
+                matmul(
+                    o,
+                    k,
+                    ohw,
+                    &mut dw,
+                    n > 0,
+                    g_n,
+                    (ohw, 1),
+                    rhs,
+                    (1, ohw),
+                    parallelism,
+                )
+            };
+            if g.is_pointwise() {
+                product(x_n)
+            } else {
+                with_scratch(k * ohw, |cols| {
+                    im2col(g, x_n, cols);
+                    product(cols)
+                })
+            }
         }
         dw
     };
@@ -561,9 +545,7 @@ fn grad_weight_bias<T: Element>(
     let chunks = x
         .par_chunks(per_chunk * g.in_size())
         .zip(grad.par_chunks(per_chunk * o * ohw));
-    let mut packed = if let Some(tiling) = g.winograd() {
-        winograd::grad_weight(&tiling, x, grad)
-    } else if let Parallelism::None = parallelism {
+    let mut packed = if let Parallelism::None = parallelism {
         chunks.map(partial).reduce(|| vec![T::ZERO; o * k], add)
     } else {
         partial((x, grad))
@@ -626,15 +608,20 @@ impl CustomOp3 for Conv2dOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(
-            w,
-            &Conv2dGradInput {
-                stride: self.stride,
-                padding: self.padding,
-                h: x.dim(2)?,
-                w: x.dim(3)?,
-            },
-        )?;
+        // The first convolution's input, the noisy image, needs no gradient.
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(
+                w,
+                &Conv2dGradInput {
+                    stride: self.stride,
+                    padding: self.padding,
+                    h: x.dim(2)?,
+                    w: x.dim(3)?,
+                },
+            )?)
+        } else {
+            None
+        };
         let packed = x.apply_op2_no_bwd(
             &grad,
             &Conv2dGradWeight {
@@ -647,7 +634,7 @@ impl CustomOp3 for Conv2dOp {
         let n = w.elem_count();
         let dw = packed.narrow(0, 0, n)?.reshape(w.shape())?;
         let db = packed.narrow(0, n, b.elem_count())?.reshape(b.shape())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        Ok((dx, Some(dw), Some(db)))
     }
 }
 

@@ -18,7 +18,6 @@ mod group_norm;
 mod simd;
 mod softmax;
 mod upsample;
-mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -36,13 +35,6 @@ static ENABLED: AtomicBool = AtomicBool::new(true);
 /// Turns the hand-written CPU kernels on (the default) or off for the whole process.
 pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
-}
-
-/// Sends 3×3 convolutions with stride 1 and padding 1 through Winograd's F(2×2, 3×3) (the
-/// default) or through im2col like the others, for the whole process; for comparisons.
-/// The environment variable `DDPM_CONV3X3=im2col` sets the default to im2col.
-pub fn set_winograd(enabled: bool) {
-    winograd::set_enabled(enabled)
 }
 
 /// Whether the hand-written CPU kernels are in use.
