@@ -50,7 +50,9 @@ fn grads_of_weighted_sum(y: &Tensor, r: &Tensor) -> candle_core::backprop::GradS
 }
 
 /// (x shape, weight shape, stride, padding). Stride 1 with OW = W (cases 0, 5, 7, 8, 9,
-/// 10, 12) takes the row-shift im2col/col2im; the others the general one. The input
+/// 10, 12; case 8 has a 1×3 kernel, case 9 and 12 images one column wide) unfolds only the
+/// horizontal taps, forward and for the weight gradient, and takes the row-shift col2im;
+/// the others the general im2col/col2im. The input
 /// gradient is a convolution with the flipped, transposed kernel for stride 1, a square
 /// kernel and no more output than input channels (cases 7, 10, 11, 12; case 11's has a
 /// padding of 2 and takes the general im2col), and gemm + col2im for the others.

@@ -1,13 +1,22 @@
-//! 2-D convolution (cross-correlation, as in PyTorch and candle) as im2col + gemm, with the
-//! input gradient as gemm + col2im and the weight and bias gradients as gemms accumulated
-//! per thread. Work is split over the batch; each sample's gemm runs on one thread.
+//! 2-D convolution (cross-correlation, as in PyTorch and candle) as unfolding + gemm, with
+//! the weight and bias gradients as gemms accumulated per thread. Work is split over the
+//! batch; each sample's gemms run on one thread.
 //!
 //! For an input x (B, C, H, W), weight w (O, C, KH, KW), bias b (O), stride s, padding p:
 //! y[n, o, i, j] = b[o] + Σ_{c,u,v} w[o, c, u, v]·x[n, c, s·i + u − p, s·j + v − p], with x
 //! zero outside the image; OH = (H + 2p − KH)/s + 1, and likewise OW.
-//! With cols_n (C·KH·KW, OH·OW) the unfolded patches of sample n:
+//! With cols_n (C·KH·KW, OH·OW) the unfolded patches of sample n (im2col):
 //! y_n = W·cols_n + b, ∂L/∂cols_n = Wᵀ·g_n (folded back by col2im),
 //! ∂L/∂W = Σ_n g_n·cols_nᵀ, ∂L/∂b = Σ_{n,i,j} g_n.
+//!
+//! Two shortcuts for stride 1 with OW = W (3×3 with padding 1, the U-Net's convolutions):
+//! - only the KW horizontal taps are unfolded, into rows with p zero rows above and below
+//!   ([`unfold_row_taps`]); each vertical tap u is those rows shifted by u image rows, so
+//!   y_n = b + Σ_u W_u·rows_n(shifted by u) and ∂L/∂W_u = Σ_n g_n·rows_n(shifted by u)ᵀ,
+//!   KH gemms over an unfolding KH times smaller than cols;
+//! - with a square kernel and O ≤ C, ∂L/∂x is itself a stride-1 convolution of the output
+//!   gradient with the flipped, transposed kernel (see `Geometry::transposed`), with no
+//!   col2im.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -73,6 +82,15 @@ impl Geometry {
     /// each tap's patches are the input shifted by a constant offset (see [`TapShift`]).
     fn is_row_shift(&self) -> bool {
         self.stride == 1 && self.ow == self.w
+    }
+    /// Elements of one row of [`unfold_row_taps`]: the plane with p zero rows above and
+    /// below, (H + 2p)·W.
+    fn padded_plane(&self) -> usize {
+        (self.h + 2 * self.padding) * self.w
+    }
+    /// Whether the convolution unfolds only its horizontal taps ([`unfold_row_taps`]).
+    fn by_row_taps(&self) -> bool {
+        self.is_row_shift() && !self.is_pointwise()
     }
     /// A 1×1 convolution with stride 1 and no padding needs no unfolding: cols = x.
     fn is_pointwise(&self) -> bool {
@@ -143,12 +161,37 @@ fn valid_range(g: &Geometry, v: usize, size: usize, out: usize) -> (usize, usize
     (lo, (hi as usize).clamp(lo, out))
 }
 
-/// Unfolds one sample x (C, H, W) into cols (C·KH·KW, OH·OW).
+/// Unfolds one sample x (C, H, W) into cols (C·KH·KW, OH·OW), row by row of the output.
+/// (Row-shift geometries unfold only their horizontal taps: [`unfold_row_taps`].)
 fn im2col<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
-    if g.is_row_shift() {
-        im2col_row_shift(g, x, cols)
-    } else {
-        im2col_general(g, x, cols)
+    let ohw = g.out_pixels();
+    for c in 0..g.c_in {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for u in 0..g.kh {
+            let (y_lo, y_hi) = valid_range(g, u, g.h, g.oh);
+            for v in 0..g.kw {
+                let (x_lo, x_hi) = valid_range(g, v, g.w, g.ow);
+                let row = ((c * g.kh + u) * g.kw + v) * ohw;
+                let row = &mut cols[row..row + ohw];
+                row[..y_lo * g.ow].fill(T::ZERO);
+                row[y_hi * g.ow..].fill(T::ZERO);
+                for i in y_lo..y_hi {
+                    let iy = i * g.stride + u - g.padding;
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    let dst = &mut row[i * g.ow..(i + 1) * g.ow];
+                    dst[..x_lo].fill(T::ZERO);
+                    dst[x_hi..].fill(T::ZERO);
+                    if g.stride == 1 {
+                        let start = x_lo + v - g.padding;
+                        dst[x_lo..x_hi].copy_from_slice(&src[start..start + (x_hi - x_lo)]);
+                    } else {
+                        for j in x_lo..x_hi {
+                            dst[j] = src[j * g.stride + v - g.padding];
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -206,31 +249,79 @@ impl TapShift {
     }
 }
 
-/// [`im2col`] for stride 1 with OW = W: one contiguous copy per tap instead of one per
-/// output row (rows of 7 to 28 elements made the copies' call overhead a sixth of a
-/// sampling step), then the wrapped-around columns are zeroed.
-fn im2col_row_shift<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
-    let (ohw, w) = (g.out_pixels(), g.w);
-    for c in 0..g.c_in {
-        let plane = &x[c * g.h * w..(c + 1) * g.h * w];
-        for u in 0..g.kh {
-            for v in 0..g.kw {
-                let tap = TapShift::new(g, u, v);
-                let row = ((c * g.kh + u) * g.kw + v) * ohw;
-                let row = &mut cols[row..row + ohw];
-                let run = tap.run(w);
-                row[..run.start].fill(T::ZERO);
-                row[run.end..].fill(T::ZERO);
-                if !run.is_empty() {
-                    let src = (run.start as isize + tap.shift) as usize;
-                    row[run.clone()].copy_from_slice(&plane[src..src + run.len()]);
+/// Unfolds the horizontal taps of one sample x (C, H, W) of a
+/// [row-shift](Geometry::is_row_shift) geometry into `rows` (C·KW rows of (H + 2p)·W):
+/// row (c, v) holds x[c, i − p, j + v − p] at (i, j), zero outside the image. The input under
+/// output pixel L = i·W + j for the tap (u, v) is then element L + u·W of row (c, v): each
+/// vertical tap is the same matrix shifted by whole rows, which never wrap around, so the
+/// convolution is KH gemms over C·KW rows instead of one over an unfolding KH times larger.
+/// Each row is one contiguous copy of the plane, shifted by v − p, with the columns that
+/// wrapped around from the neighbouring image row zeroed.
+fn unfold_row_taps<T: Element>(g: &Geometry, x: &[T], rows: &mut [T]) {
+    let (w, hw) = (g.w, g.h * g.w);
+    let pad = g.padding * w;
+    for (c, plane) in x.chunks_exact(hw).enumerate() {
+        for v in 0..g.kw {
+            let row = &mut rows[(c * g.kw + v) * g.padded_plane()..][..g.padded_plane()];
+            let (top, rest) = row.split_at_mut(pad);
+            let (image, bottom) = rest.split_at_mut(hw);
+            top.fill(T::ZERO);
+            bottom.fill(T::ZERO);
+            // image[L] = plane[L + s], s = v − p.
+            let s = v as isize - g.padding as isize;
+            let k = s.unsigned_abs().min(hw);
+            if s >= 0 {
+                image[..hw - k].copy_from_slice(&plane[k..]);
+                image[hw - k..].fill(T::ZERO);
+                // Columns j ≥ W − s read past the end of their row.
+                for line in image.chunks_exact_mut(w) {
+                    line[w - k.min(w)..].fill(T::ZERO);
                 }
-                for l in tap.wrapped(w) {
-                    row[l] = T::ZERO;
+            } else {
+                image[k..].copy_from_slice(&plane[..hw - k]);
+                image[..k].fill(T::ZERO);
+                // Columns j < −s read before the start of their row.
+                for line in image.chunks_exact_mut(w) {
+                    line[..k.min(w)].fill(T::ZERO);
                 }
             }
         }
     }
+}
+
+/// The kernel regrouped by vertical tap for [`unfold_row_taps`]: KH matrices O × (C·KW),
+/// element (u, o, c·KW + v) = w[o, c, u, v].
+fn weights_by_row<T: Element>(g: &Geometry, w: &[T]) -> Vec<T> {
+    let (kh, kw, row_taps) = (g.kh, g.kw, g.c_in * g.kw);
+    let mut out = vec![T::ZERO; w.len()];
+    for o in 0..g.c_out {
+        for c in 0..g.c_in {
+            for u in 0..kh {
+                for v in 0..kw {
+                    out[(u * g.c_out + o) * row_taps + c * kw + v] =
+                        w[((o * g.c_in + c) * kh + u) * kw + v];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`weights_by_row`], for the weight gradient.
+fn weights_from_rows<T: Element>(g: &Geometry, by_row: &[T]) -> Vec<T> {
+    let (kh, kw, row_taps) = (g.kh, g.kw, g.c_in * g.kw);
+    let mut out = vec![T::ZERO; by_row.len()];
+    for o in 0..g.c_out {
+        for c in 0..g.c_in {
+            for u in 0..kh {
+                for v in 0..kw {
+                    out[((o * g.c_in + c) * kh + u) * kw + v] =
+                        by_row[(u * g.c_out + o) * row_taps + c * kw + v];
+                }
+            }
+        }
+    }
+    out
 }
 
 /// [`col2im`] for stride 1 with OW = W: the wrapped-around columns of each tap's row of cols
@@ -253,39 +344,6 @@ fn col2im_row_shift<T: Element>(g: &Geometry, cols: &mut [T], dx: &mut [T]) {
                     let dst = (run.start as isize + tap.shift) as usize;
                     for (d, s) in plane[dst..dst + run.len()].iter_mut().zip(&row[run]) {
                         *d += *s;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// [`im2col`] for any geometry: row by row of the output.
-fn im2col_general<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
-    let ohw = g.out_pixels();
-    for c in 0..g.c_in {
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for u in 0..g.kh {
-            let (y_lo, y_hi) = valid_range(g, u, g.h, g.oh);
-            for v in 0..g.kw {
-                let (x_lo, x_hi) = valid_range(g, v, g.w, g.ow);
-                let row = ((c * g.kh + u) * g.kw + v) * ohw;
-                let row = &mut cols[row..row + ohw];
-                row[..y_lo * g.ow].fill(T::ZERO);
-                row[y_hi * g.ow..].fill(T::ZERO);
-                for i in y_lo..y_hi {
-                    let iy = i * g.stride + u - g.padding;
-                    let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    let dst = &mut row[i * g.ow..(i + 1) * g.ow];
-                    dst[..x_lo].fill(T::ZERO);
-                    dst[x_hi..].fill(T::ZERO);
-                    if g.stride == 1 {
-                        let start = x_lo + v - g.padding;
-                        dst[x_lo..x_hi].copy_from_slice(&src[start..start + (x_hi - x_lo)]);
-                    } else {
-                        for j in x_lo..x_hi {
-                            dst[j] = src[j * g.stride + v - g.padding];
-                        }
                     }
                 }
             }
@@ -387,7 +445,30 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
         }
     });
     let parallelism = g.gemm_parallelism();
+    let by_row = g.by_row_taps().then(|| weights_by_row(g, w));
     let sample = |(y_n, x_n): (&mut [T], &[T])| {
+        if let Some(by_row) = &by_row {
+            // y_n += Σ_u W_u · rows shifted by u image rows.
+            let (row_taps, plane) = (g.c_in * g.kw, g.padded_plane());
+            with_scratch(row_taps * plane, |rows| {
+                unfold_row_taps(g, x_n, rows);
+                for (u, w_u) in by_row.chunks_exact(g.c_out * row_taps).enumerate() {
+                    matmul(
+                        g.c_out,
+                        ohw,
+                        row_taps,
+                        y_n,
+                        true,
+                        w_u,
+                        (row_taps, 1),
+                        &rows[u * g.w..],
+                        (plane, 1),
+                        parallelism,
+                    );
+                }
+            });
+            return;
+        }
         let mut product = |rhs: &[T]| {
             matmul(
                 g.c_out,
@@ -510,6 +591,30 @@ fn grad_weight_bias<T: Element>(
             .zip(g_chunk.chunks(o * ohw))
             .enumerate()
         {
+            if g.by_row_taps() {
+                // ∂L/∂W_u += g_n · (rows shifted by u image rows)ᵀ, in the layout of
+                // `weights_by_row`; element (j, r) of the shifted rowsᵀ is
+                // rows[r·plane + u·W + j].
+                let (row_taps, plane) = (g.c_in * g.kw, g.padded_plane());
+                with_scratch(row_taps * plane, |rows| {
+                    unfold_row_taps(g, x_n, rows);
+                    for (u, dw_u) in dw.chunks_exact_mut(o * row_taps).enumerate() {
+                        matmul(
+                            o,
+                            row_taps,
+                            ohw,
+                            dw_u,
+                            n > 0,
+                            g_n,
+                            (ohw, 1),
+                            &rows[u * g.w..],
+                            (1, plane),
+                            parallelism,
+                        );
+                    }
+                });
+                continue;
+            }
             // colsᵀ (OHW×K): element (j, r) = cols[r·OHW + j].
             let mut product = |rhs: &[T]| {
                 matmul(
@@ -550,6 +655,9 @@ fn grad_weight_bias<T: Element>(
     } else {
         partial((x, grad))
     };
+    if g.by_row_taps() {
+        packed = weights_from_rows(g, &packed);
+    }
     // ∂L/∂b[n, o] = Σ over the pixels of grad[n, o]; summed over n for a per-channel bias.
     let sums: Vec<f64> = grad.par_chunks(ohw).map(row_sum).collect();
     if per_sample_bias {
