@@ -307,21 +307,27 @@ fn weights_by_row<T: Element>(g: &Geometry, w: &[T]) -> Vec<T> {
     out
 }
 
-/// The inverse of [`weights_by_row`], for the weight gradient.
-fn weights_from_rows<T: Element>(g: &Geometry, by_row: &[T]) -> Vec<T> {
-    let (kh, kw, row_taps) = (g.kh, g.kw, g.c_in * g.kw);
-    let mut out = vec![T::ZERO; by_row.len()];
-    for o in 0..g.c_out {
+/// ∂L/∂w (O, C, KH, KW) from the transposed gradient that [`grad_weight_bias`] accumulates:
+/// for [row taps](Geometry::by_row_taps) element (u, c·KW + v, o), otherwise (c·KH·KW +
+/// u·KW + v, o).
+fn weight_grad_from_transposed<T: Element>(g: &Geometry, dwt: &[T]) -> Vec<T> {
+    let (kh, kw, o_n) = (g.kh, g.kw, g.c_out);
+    let mut dw = vec![T::ZERO; dwt.len()];
+    for o in 0..o_n {
         for c in 0..g.c_in {
             for u in 0..kh {
                 for v in 0..kw {
-                    out[((o * g.c_in + c) * kh + u) * kw + v] =
-                        by_row[(u * g.c_out + o) * row_taps + c * kw + v];
+                    let row = if g.by_row_taps() {
+                        (u * g.c_in + c) * kw + v
+                    } else {
+                        (c * kh + u) * kw + v
+                    };
+                    dw[((o * g.c_in + c) * kh + u) * kw + v] = dwt[row * o_n + o];
                 }
             }
         }
     }
-    out
+    dw
 }
 
 /// [`col2im`] for stride 1 with OW = W: the wrapped-around columns of each tap's row of cols
@@ -584,48 +590,49 @@ fn grad_weight_bias<T: Element>(
     let threads = super::threads();
     let per_chunk = g.batch.div_ceil(threads).max(1);
     let parallelism = g.gemm_parallelism();
+    // The gradient is accumulated transposed, ∂L/∂Wᵀ = Σ_n cols_n·g_nᵀ (K×O), so that gemm
+    // reads the unfolded input where it lies (unit stride along the pixels it sums over) and
+    // packs only g_n, O rows instead of K. g_nᵀ (OHW×O): element (j, o) = g_n[o·OHW + j].
     let partial = |(x_chunk, g_chunk): (&[T], &[T])| -> Vec<T> {
-        let mut dw = vec![T::ZERO; o * k];
+        let mut dwt = vec![T::ZERO; k * o];
         for (n, (x_n, g_n)) in x_chunk
             .chunks(g.in_size())
             .zip(g_chunk.chunks(o * ohw))
             .enumerate()
         {
             if g.by_row_taps() {
-                // ∂L/∂W_u += g_n · (rows shifted by u image rows)ᵀ, in the layout of
-                // `weights_by_row`; element (j, r) of the shifted rowsᵀ is
-                // rows[r·plane + u·W + j].
+                // ∂L/∂W_uᵀ += (rows shifted by u image rows)·g_nᵀ, for each vertical tap u:
+                // element (u, c·KW + v, o).
                 let (row_taps, plane) = (g.c_in * g.kw, g.padded_plane());
                 with_scratch(row_taps * plane, |rows| {
                     unfold_row_taps(g, x_n, rows);
-                    for (u, dw_u) in dw.chunks_exact_mut(o * row_taps).enumerate() {
+                    for (u, dwt_u) in dwt.chunks_exact_mut(row_taps * o).enumerate() {
                         matmul(
-                            o,
                             row_taps,
+                            o,
                             ohw,
-                            dw_u,
+                            dwt_u,
                             n > 0,
-                            g_n,
-                            (ohw, 1),
                             &rows[u * g.w..],
-                            (1, plane),
+                            (plane, 1),
+                            g_n,
+                            (1, ohw),
                             parallelism,
                         );
                     }
                 });
                 continue;
             }
-            // colsᵀ (OHW×K): element (j, r) = cols[r·OHW + j].
-            let mut product = |rhs: &[T]| {
+            let mut product = |cols: &[T]| {
                 matmul(
-                    o,
                     k,
+                    o,
                     ohw,
-                    &mut dw,
+                    &mut dwt,
                     n > 0,
-                    g_n,
+                    cols,
                     (ohw, 1),
-                    rhs,
+                    g_n,
                     (1, ohw),
                     parallelism,
                 )
@@ -639,7 +646,7 @@ fn grad_weight_bias<T: Element>(
                 })
             }
         }
-        dw
+        dwt
     };
     let add = |mut a: Vec<T>, b: Vec<T>| {
         for (x, y) in a.iter_mut().zip(b) {
@@ -655,9 +662,7 @@ fn grad_weight_bias<T: Element>(
     } else {
         partial((x, grad))
     };
-    if g.by_row_taps() {
-        packed = weights_from_rows(g, &packed);
-    }
+    packed = weight_grad_from_transposed(g, &packed);
     // ∂L/∂b[n, o] = Σ over the pixels of grad[n, o]; summed over n for a per-channel bias.
     let sums: Vec<f64> = grad.par_chunks(ohw).map(row_sum).collect();
     if per_sample_bias {
