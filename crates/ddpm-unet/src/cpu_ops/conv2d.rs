@@ -274,17 +274,23 @@ fn unfold_row_taps<T: Element>(g: &Geometry, x: &[T], rows: &mut [T]) {
                 image[..hw - k].copy_from_slice(&plane[k..]);
                 image[hw - k..].fill(T::ZERO);
                 // Columns j ≥ W − s read past the end of their row.
-                for line in image.chunks_exact_mut(w) {
-                    line[w - k.min(w)..].fill(T::ZERO);
-                }
+                zero_columns(image, w, w - k.min(w)..w);
             } else {
                 image[k..].copy_from_slice(&plane[..hw - k]);
                 image[..k].fill(T::ZERO);
                 // Columns j < −s read before the start of their row.
-                for line in image.chunks_exact_mut(w) {
-                    line[..k.min(w)].fill(T::ZERO);
-                }
+                zero_columns(image, w, 0..k.min(w));
             }
+        }
+    }
+}
+
+/// Zeroes the given columns of an image of rows `w` wide, a column at a time: one or two
+/// elements per row, where a per-row `fill` would cost a `memset` call each.
+fn zero_columns<T: Element>(image: &mut [T], w: usize, columns: std::ops::Range<usize>) {
+    for j in columns {
+        for value in image[j..].iter_mut().step_by(w) {
+            *value = T::ZERO;
         }
     }
 }
