@@ -12,7 +12,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::conv2d::matmul;
-use super::element::{contiguous, dispatch, Element};
+use super::element::{contiguous, dispatch, with_scratch, Element};
 use super::softmax::{softmax_row, softmax_row_backward};
 
 #[derive(Debug, Clone, Copy)]
@@ -126,15 +126,15 @@ fn weights<T: Element>(g: &Geometry, q: &[T], k: &[T], scale: f64, p: &mut [T]) 
 fn forward<T: Element>(g: &Geometry, q: &[T], k: &[T], v: &[T], scale: f64) -> Vec<T> {
     let (n, size) = (g.n, g.size());
     let mut out = vec![T::ZERO; g.groups * size];
-    out.par_chunks_mut(size).enumerate().for_each_init(
-        || vec![T::ZERO; n * n],
-        |p, (i, o)| {
+    // The weights P live in this thread's reused scratch (`weights` writes all of it).
+    out.par_chunks_mut(size).enumerate().for_each(|(i, o)| {
+        with_scratch(n * n, |p| {
             let range = i * size..(i + 1) * size;
             weights(g, &q[range.clone()], &k[range.clone()], scale, p);
             // O = P·V.
             into_tokens(g, o, n, (p, (n, 1)), (&v[range], g.tokens()));
-        },
-    );
+        })
+    });
     out
 }
 
@@ -148,9 +148,10 @@ fn backward<T: Element>(g: &Geometry, q: &[T], k: &[T], v: &[T], grad: &[T], sca
     dq.par_chunks_mut(size)
         .zip(dk.par_chunks_mut(size).zip(dv.par_chunks_mut(size)))
         .enumerate()
-        .for_each_init(
-            || (vec![T::ZERO; n * n], vec![T::ZERO; n * n]),
-            |(p, dp), (i, (dq_i, (dk_i, dv_i)))| {
+        .for_each(|(i, (dq_i, (dk_i, dv_i)))| {
+            // P and dP in this thread's reused scratch; both are written before they are read.
+            with_scratch(2 * n * n, |scratch| {
+                let (p, dp) = scratch.split_at_mut(n * n);
                 let range = i * size..(i + 1) * size;
                 let (q_i, k_i, v_i, do_i) = (
                     &q[range.clone()],
@@ -180,8 +181,8 @@ fn backward<T: Element>(g: &Geometry, q: &[T], k: &[T], v: &[T], grad: &[T], sca
                 // dQ = dS·K; dK = dSᵀ·Q.
                 into_tokens(g, dq_i, n, (dp, (n, 1)), (k_i, g.tokens()));
                 into_tokens(g, dk_i, n, (dp, (1, n)), (q_i, g.tokens()));
-            },
-        );
+            })
+        });
     packed
 }
 
