@@ -504,16 +504,30 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
             })
         }
     };
+    for_each_sample(parallelism, &mut y, g.c_out * ohw, x, g.in_size(), sample);
+    y
+}
+
+/// Runs `sample` on each sample's output and input (`out_per` and `in_per` elements): in
+/// parallel over the batch when each gemm runs on one thread, in order when the gemms
+/// use the threads.
+fn for_each_sample<T: Element>(
+    parallelism: Parallelism,
+    out: &mut [T],
+    out_per: usize,
+    input: &[T],
+    in_per: usize,
+    sample: impl Fn((&mut [T], &[T])) + Sync + Send,
+) {
     if let Parallelism::None = parallelism {
-        y.par_chunks_mut(g.c_out * ohw)
-            .zip(x.par_chunks(g.in_size()))
+        out.par_chunks_mut(out_per)
+            .zip(input.par_chunks(in_per))
             .for_each(sample);
     } else {
-        y.chunks_mut(g.c_out * ohw)
-            .zip(x.chunks(g.in_size()))
+        out.chunks_mut(out_per)
+            .zip(input.chunks(in_per))
             .for_each(sample);
     }
-    y
 }
 
 /// The kernel of the transposed convolution: w′[c, o, u, v] = w[o, c, KH − 1 − u, KW − 1 − v].
@@ -567,15 +581,14 @@ fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
             })
         }
     };
-    if let Parallelism::None = parallelism {
-        dx.par_chunks_mut(g.in_size())
-            .zip(grad.par_chunks(g.c_out * ohw))
-            .for_each(sample);
-    } else {
-        dx.chunks_mut(g.in_size())
-            .zip(grad.chunks(g.c_out * ohw))
-            .for_each(sample);
-    }
+    for_each_sample(
+        parallelism,
+        &mut dx,
+        g.in_size(),
+        grad,
+        g.c_out * ohw,
+        sample,
+    );
     dx
 }
 
