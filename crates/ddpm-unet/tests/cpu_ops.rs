@@ -49,13 +49,15 @@ fn grads_of_weighted_sum(y: &Tensor, r: &Tensor) -> candle_core::backprop::GradS
     (y * r).unwrap().sum_all().unwrap().backward().unwrap()
 }
 
-/// (x shape, weight shape, stride, padding). Stride 1 with OW = W (cases 0, 5, 7, 8, 9,
-/// 10, 12; case 8 has a 1×3 kernel, case 9 and 12 images one column wide) unfolds only the
-/// horizontal taps, forward and for the weight gradient, and takes the row-shift col2im;
-/// the others the general im2col/col2im. The input
-/// gradient is a convolution with the flipped, transposed kernel for stride 1, a square
-/// kernel and no more output than input channels (cases 7, 10, 11, 12; case 11's has a
-/// padding of 2 and takes the general im2col), and gemm + col2im for the others.
+/// (x shape, weight shape, stride, padding). Which path each case takes:
+/// - stride 1 with OW = W (cases 0, 5, 7, 8, 9, 10, 12; case 8 has a 1×3 kernel, cases 9
+///   and 12 images one column wide) unfolds only the horizontal taps, forward and for the
+///   weight gradient, and takes the row-shift col2im; case 3 is 1×1 (no unfolding); the
+///   others take the general im2col/col2im;
+/// - the input gradient is a convolution with the flipped, transposed kernel for stride 1,
+///   a square kernel and no more output than input channels (cases 7, 10, 11, 12; for case
+///   11 that convolution has padding 2 and takes the general im2col), and gemm + col2im for
+///   the others.
 const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 13] = [
     ([4, 3, 7, 9], [5, 3, 3, 3], 1, 1),
     ([3, 4, 8, 8], [4, 4, 3, 3], 2, 1),

@@ -102,8 +102,10 @@ impl Geometry {
     /// the flipped, transposed kernel ([`flip_transpose`]), p′ = K − 1 − p, and the output
     /// gradient g zero outside the image. It unfolds the gradient's O·KH·KW rows instead of
     /// forming and folding back (col2im) the input's C·KH·KW, and its gemm sums over O·KH·KW
-    /// terms instead of O. With more output than input channels (the first convolution),
-    /// the unfolded gradient would be the larger, and col2im is cheaper.
+    /// terms instead of O. With more output than input channels (the first convolution,
+    /// and the first of each level that widens: 32→64, 64→96 in the fashion-mnist model)
+    /// the unfolded gradient would be the larger, and col2im is cheaper (measured for 1→32:
+    /// 2.2 against 6.7 ms; about even for the other two).
     fn transposed(&self) -> Option<Geometry> {
         let square = self.kh == self.kw;
         if self.stride != 1
