@@ -3,7 +3,7 @@
 //! batch; each sample's gemms run on one thread.
 //!
 //! For an input x (B, C, H, W), weight w (O, C, KH, KW), bias b (O), stride s, padding p:
-//! y[n, o, i, j] = b[o] + Σ_{c,u,v} w[o, c, u, v]·x[n, c, s·i + u − p, s·j + v − p], with x
+//! y[n, o, i, j] = b\[o\] + Σ_{c,u,v} w[o, c, u, v]·x[n, c, s·i + u − p, s·j + v − p], with x
 //! zero outside the image; OH = (H + 2p − KH)/s + 1, and likewise OW.
 //! With cols_n (C·KH·KW, OH·OW) the unfolded patches of sample n (im2col):
 //! y_n = W·cols_n + b, ∂L/∂cols_n = Wᵀ·g_n (folded back by col2im),
