@@ -209,6 +209,26 @@ fn device_check_compares_the_cpu_paths() {
         stdout.contains("PASS") && stdout.contains("∂L/∂"),
         "{stdout}"
     );
+    // With dropout in the model the check still compares like with like (it runs without
+    // dropout, whose random masks would differ between the passes: this failed before).
+    let with_dropout = CONFIG.replace("[model]", "[model]\ndropout = 0.3");
+    assert_ne!(with_dropout, CONFIG);
+    std::fs::write(root.join("dropout.toml"), with_dropout).unwrap();
+    let out = ddpm(
+        root,
+        &[
+            "device-check",
+            "--config",
+            "dropout.toml",
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    assert!(stdout.contains("PASS"), "{stdout}");
     if !cfg!(feature = "cuda") {
         let out = ddpm(root, &[&args[..], &["--device", "cuda"]].concat());
         assert_eq!(out.status.code(), Some(1));
