@@ -300,18 +300,11 @@ fn zero_columns<T: Element>(image: &mut [T], w: usize, columns: std::ops::Range<
 /// The kernel regrouped by vertical tap for [`unfold_row_taps`]: KH matrices O × (C·KW),
 /// element (u, o, c·KW + v) = w[o, c, u, v].
 fn weights_by_row<T: Element>(g: &Geometry, w: &[T]) -> Vec<T> {
-    let (kh, kw, row_taps) = (g.kh, g.kw, g.c_in * g.kw);
+    let row_taps = g.c_in * g.kw;
     let mut out = vec![T::ZERO; w.len()];
-    for o in 0..g.c_out {
-        for c in 0..g.c_in {
-            for u in 0..kh {
-                for v in 0..kw {
-                    out[(u * g.c_out + o) * row_taps + c * kw + v] =
-                        w[((o * g.c_in + c) * kh + u) * kw + v];
-                }
-            }
-        }
-    }
+    for_each_kernel_index(g, |i, o, c, u, v| {
+        out[(u * g.c_out + o) * row_taps + c * g.kw + v] = w[i];
+    });
     out
 }
 
@@ -319,23 +312,32 @@ fn weights_by_row<T: Element>(g: &Geometry, w: &[T]) -> Vec<T> {
 /// for [row taps](Geometry::by_row_taps) element (u, c·KW + v, o), otherwise (c·KH·KW +
 /// u·KW + v, o).
 fn weight_grad_from_transposed<T: Element>(g: &Geometry, dwt: &[T]) -> Vec<T> {
-    let (kh, kw, o_n) = (g.kh, g.kw, g.c_out);
     let mut dw = vec![T::ZERO; dwt.len()];
-    for o in 0..o_n {
+    for_each_kernel_index(g, |i, o, c, u, v| {
+        let row = if g.by_row_taps() {
+            (u * g.c_in + c) * g.kw + v
+        } else {
+            (c * g.kh + u) * g.kw + v
+        };
+        dw[i] = dwt[row * g.c_out + o];
+    });
+    dw
+}
+
+/// Calls `f(i, o, c, u, v)` for every element of a kernel (O, C, KH, KW), i being its index
+/// ((o·C + c)·KH + u)·KW + v.
+fn for_each_kernel_index(g: &Geometry, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+    let mut i = 0;
+    for o in 0..g.c_out {
         for c in 0..g.c_in {
-            for u in 0..kh {
-                for v in 0..kw {
-                    let row = if g.by_row_taps() {
-                        (u * g.c_in + c) * kw + v
-                    } else {
-                        (c * kh + u) * kw + v
-                    };
-                    dw[((o * g.c_in + c) * kh + u) * kw + v] = dwt[row * o_n + o];
+            for u in 0..g.kh {
+                for v in 0..g.kw {
+                    f(i, o, c, u, v);
+                    i += 1;
                 }
             }
         }
     }
-    dw
 }
 
 /// [`col2im`] for stride 1 with OW = W: the wrapped-around columns of each tap's row of cols
@@ -536,16 +538,9 @@ fn for_each_sample<T: Element>(
 fn flip_transpose<T: Element>(g: &Geometry, w: &[T]) -> Vec<T> {
     let (kh, kw) = (g.kh, g.kw);
     let mut flipped = vec![T::ZERO; w.len()];
-    for o in 0..g.c_out {
-        for c in 0..g.c_in {
-            for u in 0..kh {
-                for v in 0..kw {
-                    flipped[((c * g.c_out + o) * kh + kh - 1 - u) * kw + kw - 1 - v] =
-                        w[((o * g.c_in + c) * kh + u) * kw + v];
-                }
-            }
-        }
-    }
+    for_each_kernel_index(g, |i, o, c, u, v| {
+        flipped[((c * g.c_out + o) * kh + kh - 1 - u) * kw + kw - 1 - v] = w[i];
+    });
     flipped
 }
 
