@@ -158,6 +158,7 @@ fn bench_prints_its_table() {
     for row in [
         "train, batch 2",
         "sampling step, batch 2",
+        "training step, batch 2: forward",
         "peak RSS",
         "sgemm",
     ] {

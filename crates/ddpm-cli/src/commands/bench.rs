@@ -139,7 +139,7 @@ impl OurTrainer {
     }
 
     /// Seconds of one step: draw t and ε, forward, loss, backward, clip, AdamW.
-    fn step(&mut self) -> Result<f64> {
+    fn step(&mut self) -> Result<StepTimes> {
         let start = Instant::now();
         let batch = self.diffusion.training_batch(&self.x0, &mut self.rng)?;
         let pred = match self.precision {
@@ -158,11 +158,21 @@ impl OurTrainer {
             )?,
         };
         let loss = self.diffusion.loss(&pred, &batch)?;
+        self.device.synchronize()?;
+        let forward = start.elapsed().as_secs_f64();
         let mut grads = loss.backward()?;
+        self.device.synchronize()?;
+        let backward = start.elapsed().as_secs_f64() - forward;
         clip_grad_norm(&mut grads, &self.vars, 1.0)?;
         self.optimizer.step(&grads, 2e-4)?;
         self.device.synchronize()?;
-        Ok(start.elapsed().as_secs_f64())
+        let total = start.elapsed().as_secs_f64();
+        Ok(StepTimes {
+            total,
+            forward,
+            backward,
+            update: total - forward - backward,
+        })
     }
 
     /// Seconds of one sampling step at this trainer's batch: forward without gradients and
@@ -180,6 +190,18 @@ impl OurTrainer {
         x_prev.sum_all()?.to_scalar::<f32>()?;
         Ok(start.elapsed().as_secs_f64())
     }
+}
+
+/// Seconds of one training step and of its phases.
+#[derive(Debug, Clone, Copy)]
+struct StepTimes {
+    total: f64,
+    /// Drawing t and ε, the noisy batch, the U-Net's forward and the loss.
+    forward: f64,
+    /// `loss.backward()`.
+    backward: f64,
+    /// Global-norm clipping and the AdamW update.
+    update: f64,
 }
 
 /// The PyTorch worker process.
@@ -336,18 +358,29 @@ impl BenchCommand {
         let mut rows: Vec<serde_json::Value> = Vec::new();
         let mut table: Vec<(String, f64, Option<f64>, &str)> = Vec::new();
         let mut train_main = None;
+        let mut phases = Vec::new();
         for &batch in &self.batches {
             let mut ours = OurTrainer::new(&config, batch, side, &device, precision)?;
             ours.step()?;
-            let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+            let (mut mine, mut theirs, mut steps) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..self.reps {
-                let seconds = ours.step()?;
-                tracing::debug!(batch, seconds, "training step");
-                mine.push(seconds);
+                let times = ours.step()?;
+                tracing::debug!(batch, ?times, "training step");
+                mine.push(times.total);
+                steps.push(times);
                 if let Some(twin) = twin.as_mut() {
                     theirs.push(twin.ask(&format!("train {batch}"), "seconds")?);
                 }
             }
+            let phase = |f: fn(&StepTimes) -> f64| median(steps.iter().map(f).collect()) * 1e3;
+            let (forward_ms, backward_ms, update_ms) = (
+                phase(|t| t.forward),
+                phase(|t| t.backward),
+                phase(|t| t.update),
+            );
+            phases.push(format!(
+                "training step, batch {batch}: forward {forward_ms:.0} ms, backward {backward_ms:.0} ms, clipping + AdamW {update_ms:.0} ms (medians)"
+            ));
             let ours_ips = batch as f64 / median(mine);
             let theirs_ips = (!theirs.is_empty()).then(|| batch as f64 / median(theirs));
             table.push((
@@ -358,7 +391,8 @@ impl BenchCommand {
             ));
             rows.push(serde_json::json!({
                 "what": "train", "batch": batch, "images_per_s": ours_ips,
-                "pytorch_images_per_s": theirs_ips,
+                "pytorch_images_per_s": theirs_ips, "forward_ms": forward_ms,
+                "backward_ms": backward_ms, "update_ms": update_ms,
             }));
             if train_main.is_none() {
                 train_main = Some((batch, ours_ips, theirs_ips));
@@ -397,6 +431,9 @@ impl BenchCommand {
                 theirs.map_or("-".into(), |t| format!("{t:.2}")),
                 ratio.map_or("-".into(), |r| format!("{r:.2}x")),
             );
+        }
+        for line in &phases {
+            println!("{line}");
         }
         println!(
             "{:<26} {:>12.0} {:>12} {:>8}  MiB",
