@@ -2,11 +2,24 @@
 //! hand-written CPU kernels and with candle's ops: forward, and forward + backward.
 //!
 //! cargo run --release -p ddpm-unet --example op_bench [NAME-FILTER [ours]]
+//!
+//! It allocates as the `ddpm` binary does (mimalloc, freed memory never returned to the
+//! kernel), so that the backward columns do not count page faults the binary does not pay.
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use ddpm_unet::cpu_ops;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` = −1: never purge (as `ddpm`'s `keep_freed_memory`).
+fn keep_freed_memory() {
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: plain option setter of the linked allocator.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) }
+}
 
 fn time(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
@@ -51,6 +64,7 @@ fn report(name: &str, f: &dyn Fn() -> Result<Tensor>, inputs: &[&Var]) -> Result
 }
 
 fn main() -> Result<()> {
+    keep_freed_memory();
     let dev = Device::Cpu;
     let b = 64;
     for (c, side) in [(32usize, 28usize), (64, 14), (96, 7)] {
@@ -95,5 +109,18 @@ fn main() -> Result<()> {
         &|| cpu_ops::softmax_last_dim(&s, 0.17),
         &[&s],
     )?;
+    // The whole attention block (GroupNorm, projections, attention, output projection and
+    // residual) at the model's two attention resolutions, heads of 32 channels.
+    for (c, side) in [(64usize, 14usize), (96, 7)] {
+        let varmap = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let block = ddpm_unet::SpatialAttention::new(vb, c, 32, 8, 1e-5)?;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (b, c, side, side), &dev)?)?;
+        report(
+            &format!("attention block {c} @{side}"),
+            &|| candle_core::Module::forward(&block, &x),
+            &[&x],
+        )?;
+    }
     Ok(())
 }

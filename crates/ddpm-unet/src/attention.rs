@@ -48,27 +48,35 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 impl SpatialAttention {
-    /// The same block on the (B, C, H, W) map as it is: each projection is a 1×1 convolution
-    /// (the linear map applied at every position), and the map viewed as
-    /// (B·heads, C/heads, H·W) is already the channels-first layout of
-    /// [`attention_channels_first`](crate::cpu_ops::attention_channels_first), so no
-    /// transposed copy is made, forward or backward, and the biases' gradients are sums over
-    /// contiguous rows.
+    /// The same block on the (B, C, H, W) map as it is: the projections are 1×1 convolutions
+    /// (the linear map applied at every position), q, k and v one convolution with their
+    /// weights stacked, whose (B, 3C, H·W) output is the packed channels-first layout of
+    /// [`attention_qkv`](crate::cpu_ops::attention_qkv). No transposed copy is made, forward
+    /// or backward; the gradient of q, k and v comes back packed, so their input gradient is
+    /// one product over 3C channels; and the biases' gradients are sums over contiguous rows.
     fn forward_channels_first(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let (heads, d) = (self.heads, c / self.heads);
-        let project = |linear: &Linear, t: &Tensor| {
-            let weight = linear.weight().reshape((c, c, 1, 1))?;
-            crate::cpu_ops::conv2d(t, &weight, linear.bias(), 1, 0)
-        };
+        let d = c / self.heads;
         let normed = self.group_norm.forward(x)?;
-        let heads_view = |t: Tensor| t.reshape((b * heads, d, h * w));
-        let q = heads_view(project(&self.to_q, &normed)?)?;
-        let k = heads_view(project(&self.to_k, &normed)?)?;
-        let v = heads_view(project(&self.to_v, &normed)?)?;
-        let attended =
-            crate::cpu_ops::attention_channels_first(&q, &k, &v, 1.0 / (d as f64).sqrt())?;
-        x + project(&self.to_out, &attended.reshape((b, c, h, w))?)?
+        // q, k and v from one 1×1 convolution whose weight stacks the three projections.
+        let weight = Tensor::cat(
+            &[self.to_q.weight(), self.to_k.weight(), self.to_v.weight()],
+            0,
+        )?
+        .reshape((3 * c, c, 1, 1))?;
+        let bias = match (self.to_q.bias(), self.to_k.bias(), self.to_v.bias()) {
+            (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[q, k, v], 0)?),
+            _ => None,
+        };
+        let qkv = crate::cpu_ops::conv2d(&normed, &weight, bias.as_ref(), 1, 0)?.reshape((
+            b,
+            3 * c,
+            h * w,
+        ))?;
+        let attended = crate::cpu_ops::attention_qkv(&qkv, self.heads, 1.0 / (d as f64).sqrt())?
+            .reshape((b, c, h, w))?;
+        let out_weight = self.to_out.weight().reshape((c, c, 1, 1))?;
+        x + crate::cpu_ops::conv2d(&attended, &out_weight, self.to_out.bias(), 1, 0)?
     }
 }
 

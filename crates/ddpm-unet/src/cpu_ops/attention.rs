@@ -2,12 +2,15 @@
 //! with single-threaded gemms; the N×N weights are recomputed in the backward pass instead of
 //! stored (as FlashAttention does), so the op holds no (G, N, N) tensor between passes.
 //!
-//! Q, K, V and O are (G, N, d), or (G, d, N) "channels first".
+//! The kernel takes Q, K and V packed channels first in one (B, 3·heads·d, N) tensor, the
+//! output of a single 1×1 convolution for the three projections, and its backward writes
+//! their gradients packed the same way, so the projections' backward is one convolution
+//! backward too (and candle sums no separate input gradients).
 //!
 //! With P = softmax(s·Q·Kᵀ) and upstream gradient dO:
 //! dV = Pᵀ·dO, dP = dO·Vᵀ, dS = s·P ⊙ (dP − rowsum(dP ⊙ P)), dQ = dS·K, dK = dSᵀ·Q.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -15,57 +18,57 @@ use super::conv2d::matmul;
 use super::element::{contiguous, dispatch, with_scratch, Element};
 use super::softmax::{softmax_row, softmax_row_backward};
 
+/// The shapes of one attention: Q, K and V packed channels first in one (B, 3·heads·d, N)
+/// tensor, the layout of a 1×1 convolution's output with the q, k and v channels stacked,
+/// and O (B, heads·d, N).
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
-    /// Independent (sample, head) problems.
-    groups: usize,
+    batch: usize,
+    heads: usize,
     /// Tokens.
     n: usize,
     /// Channels per head.
     d: usize,
-    /// Q, K, V and O are stored (G, d, N) instead of (G, N, d).
-    channels_first: bool,
 }
 
 impl Geometry {
-    fn new(q: &Shape, k: &Shape, v: &Shape, channels_first: bool) -> Result<Self> {
-        let (groups, a, b) = q.dims3()?;
-        if k.dims() != q.dims() || v.dims() != q.dims() {
+    fn new(qkv: &Shape, heads: usize) -> Result<Self> {
+        let (batch, channels, n) = qkv.dims3()?;
+        if heads == 0 || channels % (3 * heads) != 0 {
             candle_core::bail!(
-                "attention: q {:?}, k {:?} and v {:?} must have one shape",
-                q.dims(),
-                k.dims(),
-                v.dims()
+                "attention: {channels} packed q, k, v channels do not split into 3 × {heads} heads"
             );
         }
-        let (n, d) = if channels_first { (b, a) } else { (a, b) };
         Ok(Self {
-            groups,
+            batch,
+            heads,
             n,
-            d,
-            channels_first,
+            d: channels / (3 * heads),
         })
     }
+    /// Elements of one head's N×d matrix.
     fn size(&self) -> usize {
         self.n * self.d
     }
-    /// (row, column) strides of a group's N×d matrix (Q, K, V, O or their gradients).
-    fn tokens(&self) -> (usize, usize) {
-        if self.channels_first {
-            (1, self.n)
-        } else {
-            (self.d, 1)
-        }
+    /// Elements of one sample's Q (or K, V, O): heads·d·N.
+    fn per_sample(&self) -> usize {
+        self.heads * self.size()
     }
-    /// (row, column) strides of its d×N transpose.
-    fn tokens_t(&self) -> (usize, usize) {
-        let (rs, cs) = self.tokens();
-        (cs, rs)
+    fn out_shape(&self) -> Shape {
+        Shape::from((self.batch, self.heads * self.d, self.n))
     }
 }
 
-/// dst (an N×d matrix in the geometry's layout) = A (N×k) · B (k×d). Channels first, dst is
-/// stored as its d×N transpose, so the product computed is dstᵀ = Bᵀ·Aᵀ.
+/// (row, column) strides of a head's N×d matrix stored d×N (channels first).
+fn tokens(g: &Geometry) -> (usize, usize) {
+    (1, g.n)
+}
+/// (row, column) strides of its d×N transpose.
+fn tokens_t(g: &Geometry) -> (usize, usize) {
+    (g.n, 1)
+}
+
+/// dst (an N×d matrix stored d×N) = A (N×k) · B (k×d), computed as dstᵀ = Bᵀ·Aᵀ.
 fn into_tokens<T: Element>(
     g: &Geometry,
     dst: &mut [T],
@@ -74,33 +77,18 @@ fn into_tokens<T: Element>(
     b: (&[T], (usize, usize)),
 ) {
     let ((a, (a_rs, a_cs)), (b, (b_rs, b_cs))) = (a, b);
-    if g.channels_first {
-        matmul(
-            g.d,
-            g.n,
-            k,
-            dst,
-            false,
-            b,
-            (b_cs, b_rs),
-            a,
-            (a_cs, a_rs),
-            Parallelism::None,
-        );
-    } else {
-        matmul(
-            g.n,
-            g.d,
-            k,
-            dst,
-            false,
-            a,
-            (a_rs, a_cs),
-            b,
-            (b_rs, b_cs),
-            Parallelism::None,
-        );
-    }
+    matmul(
+        g.d,
+        g.n,
+        k,
+        dst,
+        false,
+        b,
+        (b_cs, b_rs),
+        a,
+        (a_cs, a_rs),
+        Parallelism::None,
+    );
 }
 
 /// P = softmax(s·Q·Kᵀ) into `p` (N×N).
@@ -113,9 +101,9 @@ fn weights<T: Element>(g: &Geometry, q: &[T], k: &[T], scale: f64, p: &mut [T]) 
         p,
         false,
         q,
-        g.tokens(),
+        tokens(g),
         k,
-        g.tokens_t(),
+        tokens_t(g),
         Parallelism::None,
     );
     for row in p.chunks_mut(n) {
@@ -123,130 +111,114 @@ fn weights<T: Element>(g: &Geometry, q: &[T], k: &[T], scale: f64, p: &mut [T]) 
     }
 }
 
-fn forward<T: Element>(g: &Geometry, q: &[T], k: &[T], v: &[T], scale: f64) -> Vec<T> {
+/// Head h's Q, K and V within one sample's packed (3·heads·d, N) block.
+fn head<'a, T>(g: &Geometry, sample: &'a [T], h: usize) -> (&'a [T], &'a [T], &'a [T]) {
+    let (size, per) = (g.size(), g.per_sample());
+    let at = |part: usize| &sample[part * per + h * size..][..size];
+    (at(0), at(1), at(2))
+}
+
+fn forward<T: Element>(g: &Geometry, qkv: &[T], scale: f64) -> Vec<T> {
     let (n, size) = (g.n, g.size());
-    let mut out = vec![T::ZERO; g.groups * size];
+    let mut out = vec![T::ZERO; g.batch * g.per_sample()];
     // The weights P live in this thread's reused scratch (`weights` writes all of it).
     out.par_chunks_mut(size).enumerate().for_each(|(i, o)| {
+        let (b, h) = (i / g.heads, i % g.heads);
+        let (q, k, v) = head(g, &qkv[b * 3 * g.per_sample()..], h);
         with_scratch(n * n, |p| {
-            let range = i * size..(i + 1) * size;
-            weights(g, &q[range.clone()], &k[range.clone()], scale, p);
+            weights(g, q, k, scale, p);
             // O = P·V.
-            into_tokens(g, o, n, (p, (n, 1)), (&v[range], g.tokens()));
+            into_tokens(g, o, n, (p, (n, 1)), (v, tokens(g)));
         })
     });
     out
 }
 
-/// [dQ, dK, dV], each laid out as Q.
-fn backward<T: Element>(g: &Geometry, q: &[T], k: &[T], v: &[T], grad: &[T], scale: f64) -> Vec<T> {
-    let (n, d, size) = (g.n, g.d, g.size());
-    let total = g.groups * size;
-    let mut packed = vec![T::ZERO; 3 * total];
-    let (dq, rest) = packed.split_at_mut(total);
-    let (dk, dv) = rest.split_at_mut(total);
-    dq.par_chunks_mut(size)
-        .zip(dk.par_chunks_mut(size).zip(dv.par_chunks_mut(size)))
-        .enumerate()
-        .for_each(|(i, (dq_i, (dk_i, dv_i)))| {
-            // P and dP in this thread's reused scratch; both are written before they are read.
-            with_scratch(2 * n * n, |scratch| {
-                let (p, dp) = scratch.split_at_mut(n * n);
-                let range = i * size..(i + 1) * size;
-                let (q_i, k_i, v_i, do_i) = (
-                    &q[range.clone()],
-                    &k[range.clone()],
-                    &v[range.clone()],
-                    &grad[range],
-                );
-                weights(g, q_i, k_i, scale, p);
-                // dV = Pᵀ·dO; dP = dO·Vᵀ.
-                into_tokens(g, dv_i, n, (p, (1, n)), (do_i, g.tokens()));
-                matmul(
-                    n,
-                    n,
-                    d,
-                    dp,
-                    false,
-                    do_i,
-                    g.tokens(),
-                    v_i,
-                    g.tokens_t(),
-                    Parallelism::None,
-                );
-                // dS = s·P ⊙ (dP − rowsum(dP ⊙ P)), in place of dP.
-                for (dp_row, p_row) in dp.chunks_mut(n).zip(p.chunks(n)) {
-                    softmax_row_backward(dp_row, p_row, scale);
-                }
-                // dQ = dS·K; dK = dSᵀ·Q.
-                into_tokens(g, dq_i, n, (dp, (n, 1)), (k_i, g.tokens()));
-                into_tokens(g, dk_i, n, (dp, (1, n)), (q_i, g.tokens()));
-            })
+/// ∂L/∂(Q, K, V), packed like the input.
+fn backward<T: Element>(g: &Geometry, qkv: &[T], grad: &[T], scale: f64) -> Vec<T> {
+    let (n, d, size, per) = (g.n, g.d, g.size(), g.per_sample());
+    let mut packed = vec![T::ZERO; g.batch * 3 * per];
+    packed
+        .par_chunks_mut(3 * per)
+        .zip(qkv.par_chunks(3 * per))
+        .zip(grad.par_chunks(per))
+        .for_each(|((d_sample, sample), do_sample)| {
+            let (dq, rest) = d_sample.split_at_mut(per);
+            let (dk, dv) = rest.split_at_mut(per);
+            for (h, ((dq_i, dk_i), dv_i)) in dq
+                .chunks_mut(size)
+                .zip(dk.chunks_mut(size))
+                .zip(dv.chunks_mut(size))
+                .enumerate()
+            {
+                let (q_i, k_i, v_i) = head(g, sample, h);
+                let do_i = &do_sample[h * size..][..size];
+                // P and dP in this thread's reused scratch; both are written before they
+                // are read.
+                with_scratch(2 * n * n, |scratch| {
+                    let (p, dp) = scratch.split_at_mut(n * n);
+                    weights(g, q_i, k_i, scale, p);
+                    // dV = Pᵀ·dO; dP = dO·Vᵀ.
+                    into_tokens(g, dv_i, n, (p, (1, n)), (do_i, tokens(g)));
+                    matmul(
+                        n,
+                        n,
+                        d,
+                        dp,
+                        false,
+                        do_i,
+                        tokens(g),
+                        v_i,
+                        tokens_t(g),
+                        Parallelism::None,
+                    );
+                    // dS = s·P ⊙ (dP − rowsum(dP ⊙ P)), in place of dP.
+                    for (dp_row, p_row) in dp.chunks_mut(n).zip(p.chunks(n)) {
+                        softmax_row_backward(dp_row, p_row, scale);
+                    }
+                    // dQ = dS·K; dK = dSᵀ·Q.
+                    into_tokens(g, dq_i, n, (dp, (n, 1)), (k_i, tokens(g)));
+                    into_tokens(g, dk_i, n, (dp, (1, n)), (q_i, tokens(g)));
+                })
+            }
         });
     packed
 }
 
 struct Attention {
+    heads: usize,
     scale: f64,
-    channels_first: bool,
 }
 
-impl CustomOp3 for Attention {
+impl CustomOp1 for Attention {
     fn name(&self) -> &'static str {
         "ddpm-attention"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l1.shape(), l2.shape(), l3.shape(), self.channels_first)?;
-        dispatch!(s1, "ddpm-attention", |T| {
-            let q = contiguous::<T>(s1, l1, "ddpm-attention")?;
-            let k = contiguous::<T>(s2, l2, "ddpm-attention")?;
-            let v = contiguous::<T>(s3, l3, "ddpm-attention")?;
-            Ok((
-                T::storage(forward(&g, q, k, v, self.scale)),
-                l1.shape().clone(),
-            ))
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(layout.shape(), self.heads)?;
+        dispatch!(storage, "ddpm-attention", |T| {
+            let qkv = contiguous::<T>(storage, layout, "ddpm-attention")?;
+            Ok((T::storage(forward(&g, qkv, self.scale)), g.out_shape()))
         })
     }
 
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let qk = Tensor::stack(&[q, k], 0)?;
-        let packed = qk.apply_op3_no_bwd(
-            v,
-            &grad.contiguous()?,
-            &AttentionBackward {
-                scale: self.scale,
-                channels_first: self.channels_first,
-            },
-        )?;
-        let n = q.elem_count();
-        let part = |i: usize| packed.narrow(0, i * n, n)?.reshape(q.shape());
-        Ok((Some(part(0)?), Some(part(1)?), Some(part(2)?)))
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = AttentionBackward {
+            heads: self.heads,
+            scale: self.scale,
+        };
+        Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
     }
 }
 
-/// [dQ, dK, dV] packed, on ([Q, K] stacked, V, dO).
+/// ∂L/∂(Q, K, V), packed like the input, on (packed Q, K, V; dO).
 struct AttentionBackward {
+    heads: usize,
     scale: f64,
-    channels_first: bool,
 }
 
-impl CustomOp3 for AttentionBackward {
+impl CustomOp2 for AttentionBackward {
     fn name(&self) -> &'static str {
         "ddpm-attention-backward"
     }
@@ -257,38 +229,54 @@ impl CustomOp3 for AttentionBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(l2.shape(), l2.shape(), l3.shape(), self.channels_first)?;
-        if l1.dims() != [&[2], l2.dims()].concat() {
-            candle_core::bail!("attention backward: stacked q, k of shape {:?}", l1.dims());
+        let g = Geometry::new(l1.shape(), self.heads)?;
+        if l2.shape() != &g.out_shape() {
+            candle_core::bail!(
+                "attention backward: output gradient {:?}, expected {:?}",
+                l2.dims(),
+                g.out_shape().dims()
+            );
         }
         dispatch!(s1, "ddpm-attention-backward", |T| {
-            let qk = contiguous::<T>(s1, l1, "ddpm-attention-backward")?;
-            let v = contiguous::<T>(s2, l2, "ddpm-attention-backward")?;
-            let grad = contiguous::<T>(s3, l3, "ddpm-attention-backward")?;
-            let (q, k) = qk.split_at(g.groups * g.size());
-            let packed = backward(&g, q, k, v, grad, self.scale);
-            let len = packed.len();
-            Ok((T::storage(packed), Shape::from(len)))
+            let qkv = contiguous::<T>(s1, l1, "ddpm-attention-backward")?;
+            let grad = contiguous::<T>(s2, l2, "ddpm-attention-backward")?;
+            Ok((
+                T::storage(backward(&g, qkv, grad, self.scale)),
+                l1.shape().clone(),
+            ))
         })
     }
 }
 
-/// softmax(scale·Q·Kᵀ)·V for Q, K, V of shape (G, N, d) (G = batch × heads): the fused
-/// kernel on the CPU in f32/f64; elsewhere candle's matmuls around
+/// Multi-head attention on Q, K and V packed channels first: `qkv` is (B, 3·heads·d, N),
+/// the q, k and v channels stacked (the output of one 1×1 convolution whose weight stacks
+/// the three projections), and the result is (B, heads·d, N), head h in channels
+/// h·d..(h + 1)·d: O_h = V_h·softmax(s·Q_hᵀ·K_h)ᵀ with Q_h, K_h, V_h (d, N). The fused
+/// kernel on the CPU in f32/f64, whose backward writes the packed gradient of `qkv` in
+/// one buffer; elsewhere [`attention`] on the unpacked heads.
+pub fn attention_qkv(qkv: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let g = Geometry::new(qkv.shape(), heads)?;
+    if super::applies_to(qkv) {
+        return qkv.contiguous()?.apply_op1(Attention { heads, scale });
+    }
+    let (b, c) = (g.batch, g.heads * g.d);
+    let part = |i: usize| -> Result<Tensor> {
+        qkv.narrow(1, i * c, c)?.reshape((b * heads, g.d, g.n))?.t()
+    };
+    attention(&part(0)?, &part(1)?, &part(2)?, scale)?
+        .t()?
+        .reshape((b, c, g.n))
+}
+
+/// softmax(scale·Q·Kᵀ)·V for Q, K, V of shape (G, N, d) (G = batch × heads): on the CPU
+/// in f32/f64 the fused kernel of [`attention_qkv`] (one head per group, on a channels-first
+/// copy of the three); elsewhere candle's matmuls around
 /// [`softmax_last_dim`](super::softmax_last_dim), with the scores and softmax in f32 for
 /// half-precision inputs (diffusers' `upcast_softmax`).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     if super::applies_to(q) {
-        let op = Attention {
-            scale,
-            channels_first: false,
-        };
-        return q
-            .contiguous()?
-            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+        return attention_channels_first(&q.t()?, &k.t()?, &v.t()?, scale)?.t();
     }
     let dtype = q.dtype();
     let work = match dtype {
@@ -300,20 +288,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     weights.matmul(v)
 }
 
-/// [`attention`] on Q, K, V of shape (G, d, N), channels first, returning (G, d, N): the
-/// layout of a (B, C, H, W) feature map viewed as (B·heads, C/heads, H·W), so that the
-/// projections around it can stay 1×1 convolutions with no transposed copies. The fused
-/// kernel on the CPU in f32/f64 (the same products with transposed strides); elsewhere
-/// [`attention`] between transposes.
+/// [`attention`] on Q, K, V of shape (G, d, N), channels first, returning (G, d, N). On the
+/// CPU in f32/f64 the three are packed into one (G, 3·d, N) tensor for [`attention_qkv`]
+/// with one head; elsewhere [`attention`] between transposes.
 pub fn attention_channels_first(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     if super::applies_to(q) {
-        let op = Attention {
-            scale,
-            channels_first: true,
-        };
-        return q
-            .contiguous()?
-            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+        return attention_qkv(&Tensor::cat(&[q, k, v], 1)?, 1, scale);
     }
     attention(&q.t()?, &k.t()?, &v.t()?, scale)?.t()
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Tensor};
 
-pub use attention::{attention, attention_channels_first};
+pub use attention::{attention, attention_channels_first, attention_qkv};
 pub use conv2d::conv2d;
 pub use group_norm::group_norm;
 pub use simd::{simd_level, SimdLevel};
