@@ -25,7 +25,7 @@ pub struct FeatureStats {
 impl FeatureStats {
     /// Statistics of `rows` (n × `dim`, row-major), n ≥ 2.
     pub fn from_rows(rows: &[f32], dim: usize) -> Result<Self> {
-        if dim == 0 || rows.len() % dim != 0 || rows.len() / dim < 2 {
+        if dim == 0 || !rows.len().is_multiple_of(dim) || rows.len() / dim < 2 {
             return Err(EvalError::InvalidOption {
                 name: "features",
                 reason: format!("{} values do not form at least 2 rows of {dim}", rows.len()),

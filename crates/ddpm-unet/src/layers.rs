@@ -76,7 +76,7 @@ pub struct GroupNorm {
 impl GroupNorm {
     /// Loads or creates γ (ones) and β (zeros) of `channels` under `vb`.
     pub fn new(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             candle_core::bail!("GroupNorm: {groups} groups do not divide {channels} channels");
         }
         Ok(Self {

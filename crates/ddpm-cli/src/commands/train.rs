@@ -150,7 +150,7 @@ impl TrainCommand {
             smoothed = Some(s);
             bar.set_position(report.step);
             bar.set_message(format!("{s:.4} | {:.1} img/s", report.images_per_s));
-            if report.step % trainer.config().log_every == 0 {
+            if report.step.is_multiple_of(trainer.config().log_every) {
                 save_loss_curve(&trainer.metrics_path(), &run_dir.join("loss.png"), &title)?;
                 tracing::debug!(
                     step = report.step,
@@ -161,7 +161,7 @@ impl TrainCommand {
                     "step"
                 );
             }
-            if sample_every > 0 && report.step % sample_every == 0 && report.step < total_steps {
+            if sample_every > 0 && report.step.is_multiple_of(sample_every) && report.step < total_steps {
                 write_sample_grid(trainer, &config, dims, report.step)?;
             }
             Ok(())

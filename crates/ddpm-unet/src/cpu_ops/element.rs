@@ -26,8 +26,14 @@ pub(crate) trait Element:
     fn exp(self) -> Self;
     /// The larger of two values.
     fn max(self, other: Self) -> Self;
+    /// The smaller of two values.
+    fn min(self, other: Self) -> Self;
     /// The storage's elements, if it holds this type.
     fn slice(storage: &CpuStorage) -> Option<&[Self]>;
+    /// The same elements as f32, if this type is f32 (for kernels written for f32 only).
+    fn as_f32(xs: &[Self]) -> Option<&[f32]>;
+    /// [`Element::as_f32`], mutable.
+    fn as_f32_mut(xs: &mut [Self]) -> Option<&mut [f32]>;
     /// Wraps a vector as storage.
     fn storage(data: Vec<Self>) -> CpuStorage;
     /// This thread's scratch buffer of this type (see [`with_scratch`]).
@@ -64,6 +70,10 @@ impl Element for f32 {
     fn max(self, other: Self) -> Self {
         f32::max(self, other)
     }
+    #[inline(always)]
+    fn min(self, other: Self) -> Self {
+        f32::min(self, other)
+    }
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     #[inline(always)]
@@ -84,6 +94,12 @@ impl Element for f32 {
             _ => None,
         }
     }
+    fn as_f32(xs: &[Self]) -> Option<&[f32]> {
+        Some(xs)
+    }
+    fn as_f32_mut(xs: &mut [Self]) -> Option<&mut [f32]> {
+        Some(xs)
+    }
     fn storage(data: Vec<Self>) -> CpuStorage {
         CpuStorage::F32(data)
     }
@@ -100,6 +116,10 @@ impl Element for f64 {
     #[inline(always)]
     fn max(self, other: Self) -> Self {
         f64::max(self, other)
+    }
+    #[inline(always)]
+    fn min(self, other: Self) -> Self {
+        f64::min(self, other)
     }
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
@@ -120,6 +140,12 @@ impl Element for f64 {
             CpuStorage::F64(data) => Some(data),
             _ => None,
         }
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
     fn storage(data: Vec<Self>) -> CpuStorage {
         CpuStorage::F64(data)
@@ -297,6 +323,20 @@ pub(crate) fn max<T: Element>(xs: &[T]) -> T {
         }
     }
     rest.iter().chain(acc.iter()).fold(xs[0], |m, &x| m.max(x))
+}
+
+/// min xs (xs non-empty), in `LANES` partial minima.
+#[inline(always)]
+pub(crate) fn min<T: Element>(xs: &[T]) -> T {
+    let mut acc = [xs[0]; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, &x) in acc.iter_mut().zip(chunk) {
+            *a = a.min(x);
+        }
+    }
+    rest.iter().chain(acc.iter()).fold(xs[0], |m, &x| m.min(x))
 }
 
 #[cfg(test)]

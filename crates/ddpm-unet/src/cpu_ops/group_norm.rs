@@ -27,7 +27,7 @@ impl Geometry {
             candle_core::bail!("group_norm: expected (B, C, …), got {dims:?}");
         }
         let channels = dims[1];
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             candle_core::bail!("group_norm: {groups} groups do not divide {channels} channels");
         }
         Ok(Self {

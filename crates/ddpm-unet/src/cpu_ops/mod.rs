@@ -12,6 +12,8 @@
 //! differences (`tests/cpu_ops.rs`).
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod conv2d;
 mod element;
 mod group_norm;

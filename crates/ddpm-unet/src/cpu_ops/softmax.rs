@@ -11,11 +11,32 @@ use super::simd::vectorized_fn;
 /// Rows per parallel task (keeps tasks large enough to amortise scheduling).
 const ROWS_PER_TASK: usize = 64;
 
+/// One row, in place: x ← softmax(s·x), shifted by the row maximum of s·x; f32 rows on
+/// AVX-512 CPUs by [the intrinsics kernel](super::avx512::softmax_row) (2.5× faster on rows of
+/// 196, where the vectorised loop below leaves a 4-element scalar tail and no fused
+/// multiply-adds).
+pub(super) fn softmax_row<T: Element>(row: &mut [T], scale: f64) {
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() {
+        if let Some(row) = T::as_f32_mut(row) {
+            // SAFETY: `available` confirmed AVX-512F.
+            unsafe { super::avx512::softmax_row(row, scale as f32) };
+            return;
+        }
+    }
+    softmax_row_vectorized(row, scale)
+}
+
 vectorized_fn!(
-    /// One row, in place: x ← softmax(s·x), shifted by the row maximum.
-    pub(super) fn softmax_row<T: Element>(row: &mut [T], scale: f64) => softmax_row_generic {
+    /// [`softmax_row`] for any element type, through the compiler's vectorisation.
+    fn softmax_row_vectorized<T: Element>(row: &mut [T], scale: f64) => softmax_row_generic {
         let s = T::from_f64(scale);
-        let shift = s * element::max(row);
+        // max s·x is s·max x for s ≥ 0, s·min x otherwise.
+        let shift = if scale >= 0.0 {
+            s * element::max(row)
+        } else {
+            s * element::min(row)
+        };
         for x in row.iter_mut() {
             *x = (s * *x - shift).exp();
         }
@@ -26,9 +47,23 @@ vectorized_fn!(
     }
 );
 
+/// One row's backward, in place: g ← s·y ⊙ (g − g·y), for y = softmax(s·x); f32 rows on
+/// AVX-512 CPUs by [the intrinsics kernel](super::avx512::softmax_row_backward).
+pub(super) fn softmax_row_backward<T: Element>(grad: &mut [T], y: &[T], scale: f64) {
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() {
+        if let (Some(grad), Some(y)) = (T::as_f32_mut(grad), T::as_f32(y)) {
+            // SAFETY: `available` confirmed AVX-512F; the kernel checks the lengths.
+            unsafe { super::avx512::softmax_row_backward(grad, y, scale as f32) };
+            return;
+        }
+    }
+    softmax_row_backward_vectorized(grad, y, scale)
+}
+
 vectorized_fn!(
-    /// One row's backward, in place: g ← s·y ⊙ (g − g·y), for y = softmax(s·x).
-    pub(super) fn softmax_row_backward<T: Element>(grad: &mut [T], y: &[T], scale: f64)
+    /// [`softmax_row_backward`] for any element type, through the compiler's vectorisation.
+    fn softmax_row_backward_vectorized<T: Element>(grad: &mut [T], y: &[T], scale: f64)
         => softmax_row_backward_generic {
         let dot = T::from_f64(element::dot(grad, y));
         let s = T::from_f64(scale);

@@ -1,0 +1,235 @@
+//! f32 kernels written with AVX-512 intrinsics, for loops that the compiler's vectorisation
+//! of the generic kernels leaves slow: rows too short for its 16-wide main loop to dominate
+//! (a scalar tail of up to 15 elements, partial sums combined in f64), and a polynomial
+//! without fused multiply-adds (Rust does not contract `a * b + c`).
+//!
+//! Callers check [`available`] first; every function here is `unsafe` only because it needs
+//! the CPU features that check confirms.
+
+use std::arch::x86_64::*;
+
+use super::simd::{simd_level, SimdLevel};
+
+/// Whether this CPU (and `DDPM_SIMD`) allows the kernels here.
+pub(super) fn available() -> bool {
+    simd_level() == SimdLevel::Avx512
+}
+
+/// The lanes of a 16-lane register that hold the first `len` (< 16) elements.
+#[inline(always)]
+fn tail_mask(len: usize) -> __mmask16 {
+    debug_assert!(len < 16);
+    ((1u32 << len) - 1) as __mmask16
+}
+
+/// e^x in each lane: the algorithm of [`exp_f32`](super::element::exp_f32) (Cephes'
+/// `expf`: x = n·ln 2 + r, |r| ≤ ln2/2, a degree-5 polynomial for e^r) with fused
+/// multiply-adds, and 2^n applied by `vscalefps`. Inputs are clamped to [−87, 88].
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn exp16(x: __m512) -> __m512 {
+    let x = _mm512_min_ps(
+        _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
+        _mm512_set1_ps(88.0),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let e_r = _mm512_fmadd_ps(
+        p,
+        _mm512_mul_ps(r, r),
+        _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+    );
+    _mm512_scalef_ps(e_r, n)
+}
+
+/// One row, in place: x ← softmax(s·x) = e^(s·x − m)/Σ e^(s·x − m), m = max s·x. Two passes
+/// over the row: the maximum, then the exponentials with their sum; then the scaling.
+///
+/// # Safety
+/// The CPU must support AVX-512F ([`available`]).
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn softmax_row(row: &mut [f32], scale: f32) {
+    let (len, ptr) = (row.len(), row.as_mut_ptr());
+    let (full, rest) = (len / 16 * 16, len % 16);
+    let s = _mm512_set1_ps(scale);
+    // SAFETY (all loads and stores below): offsets i < full step by 16 with i + 16 ≤ len;
+    // the tail's masked accesses touch only the `rest` lanes inside the row.
+    let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+    for i in (0..full).step_by(16) {
+        m = _mm512_max_ps(m, _mm512_mul_ps(s, unsafe { _mm512_loadu_ps(ptr.add(i)) }));
+    }
+    if rest > 0 {
+        let mask = tail_mask(rest);
+        let x = unsafe { _mm512_maskz_loadu_ps(mask, ptr.add(full)) };
+        m = _mm512_mask_max_ps(m, mask, m, _mm512_mul_ps(s, x));
+    }
+    let shift = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+    let mut sum = _mm512_setzero_ps();
+    for i in (0..full).step_by(16) {
+        let e = exp16(_mm512_fmsub_ps(
+            s,
+            unsafe { _mm512_loadu_ps(ptr.add(i)) },
+            shift,
+        ));
+        unsafe { _mm512_storeu_ps(ptr.add(i), e) };
+        sum = _mm512_add_ps(sum, e);
+    }
+    if rest > 0 {
+        let mask = tail_mask(rest);
+        let x = unsafe { _mm512_maskz_loadu_ps(mask, ptr.add(full)) };
+        let e = exp16(_mm512_fmsub_ps(s, x, shift));
+        unsafe { _mm512_mask_storeu_ps(ptr.add(full), mask, e) };
+        sum = _mm512_mask_add_ps(sum, mask, sum, e);
+    }
+    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+    for i in (0..full).step_by(16) {
+        unsafe { _mm512_storeu_ps(ptr.add(i), _mm512_mul_ps(inv, _mm512_loadu_ps(ptr.add(i)))) };
+    }
+    if rest > 0 {
+        let mask = tail_mask(rest);
+        let y = unsafe { _mm512_maskz_loadu_ps(mask, ptr.add(full)) };
+        unsafe { _mm512_mask_storeu_ps(ptr.add(full), mask, _mm512_mul_ps(inv, y)) };
+    }
+}
+
+/// One row's softmax backward, in place: g ← s·y ⊙ (g − g·y), for y = softmax(s·x).
+///
+/// # Safety
+/// The CPU must support AVX-512F ([`available`]); `y` is as long as `grad`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn softmax_row_backward(grad: &mut [f32], y: &[f32], scale: f32) {
+    assert_eq!(grad.len(), y.len(), "softmax backward: row lengths");
+    let (len, g, y) = (grad.len(), grad.as_mut_ptr(), y.as_ptr());
+    let (full, rest) = (len / 16 * 16, len % 16);
+    // SAFETY (all loads and stores below): as in `softmax_row`, on two rows of one length.
+    let mut dot = _mm512_setzero_ps();
+    for i in (0..full).step_by(16) {
+        let (gv, yv) = unsafe { (_mm512_loadu_ps(g.add(i)), _mm512_loadu_ps(y.add(i))) };
+        dot = _mm512_fmadd_ps(gv, yv, dot);
+    }
+    let mask = tail_mask(rest);
+    if rest > 0 {
+        let (gv, yv) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(mask, g.add(full)),
+                _mm512_maskz_loadu_ps(mask, y.add(full)),
+            )
+        };
+        dot = _mm512_fmadd_ps(gv, yv, dot);
+    }
+    let (dot, s) = (
+        _mm512_set1_ps(_mm512_reduce_add_ps(dot)),
+        _mm512_set1_ps(scale),
+    );
+    let update =
+        |gv: __m512, yv: __m512| _mm512_mul_ps(_mm512_mul_ps(s, yv), _mm512_sub_ps(gv, dot));
+    for i in (0..full).step_by(16) {
+        unsafe {
+            let v = update(_mm512_loadu_ps(g.add(i)), _mm512_loadu_ps(y.add(i)));
+            _mm512_storeu_ps(g.add(i), v);
+        }
+    }
+    if rest > 0 {
+        unsafe {
+            let v = update(
+                _mm512_maskz_loadu_ps(mask, g.add(full)),
+                _mm512_maskz_loadu_ps(mask, y.add(full)),
+            );
+            _mm512_mask_storeu_ps(g.add(full), mask, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp16_is_accurate() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            let lanes: [f32; 16] = std::array::from_fn(|i| x + i as f32 * 1e-4);
+            let mut out = [0f32; 16];
+            // SAFETY: AVX-512F is available (checked above); 16 elements each way.
+            unsafe {
+                _mm512_storeu_ps(out.as_mut_ptr(), exp16(_mm512_loadu_ps(lanes.as_ptr())));
+            }
+            for (&v, &e) in lanes.iter().zip(&out) {
+                let exact = f64::from(v).exp();
+                worst = worst.max(((f64::from(e) - exact) / exact).abs());
+            }
+            x += 0.001_37 * 16.0;
+        }
+        assert!(worst < 2e-7, "worst relative error {worst:e}");
+    }
+
+    #[test]
+    fn softmax_row_matches_f64() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        // Lengths around the 16-lane blocks, including a row of one and rows with a tail.
+        for (len, scale) in [
+            (1usize, 1.0f32),
+            (5, 0.3),
+            (16, 2.0),
+            (17, -0.7),
+            (196, 0.17),
+        ] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919 + 13) % 101) as f32 / 10.0 - 5.0)
+                .collect();
+            let mut row = x.clone();
+            // SAFETY: AVX-512F is available (checked above).
+            unsafe { softmax_row(&mut row, scale) };
+            let m = x
+                .iter()
+                .map(|&v| f64::from(scale * v))
+                .fold(f64::MIN, f64::max);
+            let e: Vec<f64> = x
+                .iter()
+                .map(|&v| (f64::from(scale * v) - m).exp())
+                .collect();
+            let total: f64 = e.iter().sum();
+            for (i, (&ours, &ei)) in row.iter().zip(&e).enumerate() {
+                let exact = ei / total;
+                assert!(
+                    (f64::from(ours) - exact).abs() <= 1e-6 * exact.max(1e-3),
+                    "len {len}, element {i}: {ours} against {exact}"
+                );
+            }
+            // The backward on this row: s·y_i·(g_i − Σ_j g_j·y_j), in f64 from the same y.
+            let grad: Vec<f32> = (0..len).map(|i| ((i * 31 + 7) % 17) as f32 - 8.0).collect();
+            let mut ours = grad.clone();
+            // SAFETY: AVX-512F is available (checked above); both rows have `len` elements.
+            unsafe { softmax_row_backward(&mut ours, &row, scale) };
+            let dot: f64 = grad.iter().zip(&row).map(|(&g, &y)| f64::from(g * y)).sum();
+            for (i, ((&o, &g), &y)) in ours.iter().zip(&grad).zip(&row).enumerate() {
+                let exact = f64::from(scale) * f64::from(y) * (f64::from(g) - dot);
+                assert!(
+                    (f64::from(o) - exact).abs() <= 1e-5 * exact.abs().max(1e-3),
+                    "len {len}, gradient {i}: {o} against {exact}"
+                );
+            }
+        }
+    }
+}
