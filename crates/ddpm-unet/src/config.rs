@@ -244,7 +244,11 @@ impl UNetConfig {
     /// must be divisible by 2^(levels − 1) so that skip connections line up.
     pub fn check_input_size(&self, height: usize, width: usize) -> Result<()> {
         let factor = 1usize << (self.levels() - 1);
-        if height == 0 || width == 0 || !height.is_multiple_of(factor) || !width.is_multiple_of(factor) {
+        if height == 0
+            || width == 0
+            || !height.is_multiple_of(factor)
+            || !width.is_multiple_of(factor)
+        {
             return Err(UNetError::InputSize {
                 height,
                 width,

@@ -142,30 +142,32 @@ impl TrainCommand {
         let mut smoothed: Option<f64> = None;
         let sample_every = config.training.sample_every;
         let title = format!("{}: training loss", config.name);
-        let mut hook = |trainer: &Trainer,
-                        report: &StepReport|
-         -> Result<(), ddpm_train::HookError> {
-            let loss = f64::from(report.loss);
-            let s = smoothed.map_or(loss, |s| 0.98 * s + 0.02 * loss);
-            smoothed = Some(s);
-            bar.set_position(report.step);
-            bar.set_message(format!("{s:.4} | {:.1} img/s", report.images_per_s));
-            if report.step.is_multiple_of(trainer.config().log_every) {
-                save_loss_curve(&trainer.metrics_path(), &run_dir.join("loss.png"), &title)?;
-                tracing::debug!(
-                    step = report.step,
-                    loss = report.loss,
-                    lr = report.lr,
-                    grad_norm = report.grad_norm,
-                    images_per_s = report.images_per_s,
-                    "step"
-                );
-            }
-            if sample_every > 0 && report.step.is_multiple_of(sample_every) && report.step < total_steps {
-                write_sample_grid(trainer, &config, dims, report.step)?;
-            }
-            Ok(())
-        };
+        let mut hook =
+            |trainer: &Trainer, report: &StepReport| -> Result<(), ddpm_train::HookError> {
+                let loss = f64::from(report.loss);
+                let s = smoothed.map_or(loss, |s| 0.98 * s + 0.02 * loss);
+                smoothed = Some(s);
+                bar.set_position(report.step);
+                bar.set_message(format!("{s:.4} | {:.1} img/s", report.images_per_s));
+                if report.step.is_multiple_of(trainer.config().log_every) {
+                    save_loss_curve(&trainer.metrics_path(), &run_dir.join("loss.png"), &title)?;
+                    tracing::debug!(
+                        step = report.step,
+                        loss = report.loss,
+                        lr = report.lr,
+                        grad_norm = report.grad_norm,
+                        images_per_s = report.images_per_s,
+                        "step"
+                    );
+                }
+                if sample_every > 0
+                    && report.step.is_multiple_of(sample_every)
+                    && report.step < total_steps
+                {
+                    write_sample_grid(trainer, &config, dims, report.step)?;
+                }
+                Ok(())
+            };
         let result = trainer.run(&stop, &mut hook);
         progress::finish(&bar);
         result?;

@@ -153,6 +153,202 @@ pub(super) unsafe fn softmax_row_backward(grad: &mut [f32], y: &[f32], scale: f3
     }
 }
 
+/// The sum of the 16 lanes, in f64.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn reduce_add_f64(v: __m512) -> f64 {
+    let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+        _mm512_castps_pd(v),
+    )));
+    _mm512_reduce_add_pd(_mm512_add_pd(lo, hi))
+}
+
+/// Calls `f(offset, mask)` for each block of 16 elements of a row of `len`: full blocks with
+/// an all-ones mask, then the tail's lanes.
+#[inline(always)]
+fn blocks16(len: usize, mut f: impl FnMut(usize, __mmask16)) {
+    let full = len / 16 * 16;
+    for i in (0..full).step_by(16) {
+        f(i, 0xffff);
+    }
+    if len > full {
+        f(full, tail_mask(len - full));
+    }
+}
+
+/// The lanes of `ptr[i..]` under `mask`, zero elsewhere.
+///
+/// # Safety
+/// `ptr.add(i + lane)` must be readable for every lane set in `mask`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load(ptr: *const f32, i: usize, mask: __mmask16) -> __m512 {
+    // SAFETY: the caller's contract.
+    unsafe { _mm512_maskz_loadu_ps(mask, ptr.add(i)) }
+}
+
+/// Stores the lanes of `v` under `mask` at `ptr[i..]`.
+///
+/// # Safety
+/// `ptr.add(i + lane)` must be writable for every lane set in `mask`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store(ptr: *mut f32, i: usize, mask: __mmask16, v: __m512) {
+    // SAFETY: the caller's contract.
+    unsafe { _mm512_mask_storeu_ps(ptr.add(i), mask, v) }
+}
+
+/// σ(z) = 1/(1 + e^(−z)) in each lane. (A `vrcp14ps` reciprocal refined by a Newton step
+/// instead of the division measured no faster in GroupNorm: the exponential dominates.)
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn sigmoid16(z: __m512) -> __m512 {
+    let one = _mm512_set1_ps(1.0);
+    _mm512_div_ps(
+        one,
+        _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), z))),
+    )
+}
+
+/// GroupNorm's (μ, 1/√(σ² + ε)) of one block, two passes as the generic
+/// [`moments`](super::group_norm): Σ x, then Σ (x − μ)², lane sums combined in f64.
+#[target_feature(enable = "avx512f")]
+fn moments(x: &[f32], eps: f64) -> (f64, f64) {
+    let (n, ptr) = (x.len() as f64, x.as_ptr());
+    let mut sum = _mm512_setzero_ps();
+    // SAFETY (every `load` here): `blocks16` yields lanes inside `x`.
+    blocks16(x.len(), |i, m| {
+        sum = _mm512_add_ps(sum, unsafe { load(ptr, i, m) })
+    });
+    let mean = reduce_add_f64(sum) / n;
+    let mu = _mm512_set1_ps(mean as f32);
+    let mut ssd = _mm512_setzero_ps();
+    blocks16(x.len(), |i, m| {
+        // Masked-off lanes load 0; their deviation is masked off too.
+        let d = _mm512_maskz_sub_ps(m, unsafe { load(ptr, i, m) }, mu);
+        ssd = _mm512_fmadd_ps(d, d, ssd);
+    });
+    (mean, 1.0 / (reduce_add_f64(ssd) / n + eps).sqrt())
+}
+
+/// One (sample, group) block of GroupNorm's forward, `pixels` values per channel:
+/// y = z or z·σ(z), z = γ_c·(x − μ)·r + β_c.
+///
+/// # Safety
+/// The CPU must support AVX-512F ([`available`]); `y` is as long as `x`, a whole number of
+/// channels, and γ and β hold at least that many.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn group_norm_forward_block(
+    y: &mut [f32],
+    x: &[f32],
+    pixels: usize,
+    (gamma, beta): (&[f32], &[f32]),
+    eps: f64,
+    silu: bool,
+) {
+    assert!(y.len() == x.len() && pixels > 0 && x.len().is_multiple_of(pixels));
+    let (mean, rstd) = moments(x, eps);
+    for (c, (y_c, x_c)) in y.chunks_mut(pixels).zip(x.chunks(pixels)).enumerate() {
+        // z = a·x + b with a = γ·r, b = β − μ·γ·r.
+        let a = f64::from(gamma[c]) * rstd;
+        let b = f64::from(beta[c]) - mean * a;
+        let (a, b) = (_mm512_set1_ps(a as f32), _mm512_set1_ps(b as f32));
+        let (xp, yp) = (x_c.as_ptr(), y_c.as_mut_ptr());
+        // SAFETY: `blocks16` yields lanes inside the channel's rows of x and y.
+        blocks16(pixels, |i, m| {
+            let z = _mm512_fmadd_ps(a, unsafe { load(xp, i, m) }, b);
+            let v = if silu {
+                _mm512_mul_ps(z, sigmoid16(z))
+            } else {
+                z
+            };
+            unsafe { store(yp, i, m, v) }
+        });
+    }
+}
+
+/// One (sample, group) block of GroupNorm's backward: ∂L/∂x into `dx`, and the block's
+/// [∂L/∂γ per channel, ∂L/∂β per channel], as the generic
+/// [`backward_block`](super::group_norm) computes them, with the dz pass and its two sums
+/// fused.
+///
+/// # Safety
+/// As [`group_norm_forward_block`], with `dx` and `dy` as long as `x`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn group_norm_backward_block(
+    dx: &mut [f32],
+    x: &[f32],
+    dy: &[f32],
+    pixels: usize,
+    (gamma, beta): (&[f32], &[f32]),
+    eps: f64,
+    silu: bool,
+) -> Vec<f64> {
+    assert!(dx.len() == x.len() && dy.len() == x.len() && pixels > 0);
+    assert!(x.len().is_multiple_of(pixels));
+    let cg = x.len() / pixels;
+    let (mean, rstd) = moments(x, eps);
+    let (m, r) = (_mm512_set1_ps(mean as f32), _mm512_set1_ps(rstd as f32));
+    let one = _mm512_set1_ps(1.0);
+    let mut sums = vec![0.0f64; 2 * cg];
+    let (mut sum_d, mut sum_dxhat) = (0.0f64, 0.0f64);
+    for c in 0..cg {
+        let at = c * pixels;
+        let (gm, bt) = (_mm512_set1_ps(gamma[c]), _mm512_set1_ps(beta[c]));
+        // SAFETY: `blocks16` yields lanes inside this channel's rows of x, dy and dx.
+        let (xp, dyp, dxp) = unsafe {
+            (
+                x.as_ptr().add(at),
+                dy.as_ptr().add(at),
+                dx.as_mut_ptr().add(at),
+            )
+        };
+        let (mut acc_dz, mut acc_dz_x) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        blocks16(pixels, |i, mask| {
+            let (xv, dyv) = unsafe { (load(xp, i, mask), load(dyp, i, mask)) };
+            let dz = if silu {
+                let z = _mm512_fmadd_ps(gm, _mm512_mul_ps(_mm512_sub_ps(xv, m), r), bt);
+                let s = sigmoid16(z);
+                // dy·σ(z)·(1 + z·(1 − σ(z))); masked-off lanes have dy = 0.
+                _mm512_mul_ps(
+                    _mm512_mul_ps(dyv, s),
+                    _mm512_fmadd_ps(z, _mm512_sub_ps(one, s), one),
+                )
+            } else {
+                dyv
+            };
+            unsafe { store(dxp, i, mask, dz) };
+            acc_dz = _mm512_add_ps(acc_dz, dz);
+            acc_dz_x = _mm512_fmadd_ps(dz, xv, acc_dz_x);
+        });
+        // Σ dz·x̂ = r·(Σ dz·x − μ·Σ dz).
+        let (sum_dz, sum_dz_x) = (reduce_add_f64(acc_dz), reduce_add_f64(acc_dz_x));
+        let dgamma = rstd * (sum_dz_x - mean * sum_dz);
+        let gm64 = f64::from(gamma[c]);
+        sum_d += gm64 * sum_dz;
+        sum_dxhat += gm64 * dgamma;
+        sums[c] = dgamma;
+        sums[cg + c] = sum_dz;
+    }
+    let n = x.len() as f64;
+    let (mean_d, mean_dxhat) = (sum_d / n, sum_dxhat / n);
+    // ∂L/∂x = r·(d − mean(d) − x̂·mean(d·x̂)) = a_c·dz + b·x + c, d = γ_c·dz.
+    let b = _mm512_set1_ps((-rstd * rstd * mean_dxhat) as f32);
+    let cst = _mm512_set1_ps((-rstd * mean_d + rstd * rstd * mean * mean_dxhat) as f32);
+    for ((dx_c, x_c), &gm) in dx.chunks_mut(pixels).zip(x.chunks(pixels)).zip(gamma) {
+        let a = _mm512_set1_ps((rstd * f64::from(gm)) as f32);
+        let (xp, dxp) = (x_c.as_ptr(), dx_c.as_mut_ptr());
+        // SAFETY: `blocks16` yields lanes inside the channel's rows.
+        blocks16(pixels, |i, mask| {
+            let (xv, dz) = unsafe { (load(xp, i, mask), load(dxp, i, mask)) };
+            let v = _mm512_fmadd_ps(a, dz, _mm512_fmadd_ps(b, xv, cst));
+            unsafe { store(dxp, i, mask, v) }
+        });
+    }
+    sums
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
