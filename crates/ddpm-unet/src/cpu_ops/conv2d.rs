@@ -18,6 +18,8 @@
 //!   gradient with the flipped, transposed kernel (see `Geometry::transposed`), with no
 //!   col2im.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -448,21 +450,20 @@ pub(super) fn matmul<T: Element>(
 
 /// y = conv(x, w) + b, with b either per channel (O) or per sample and channel (B·O).
 fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
-    let (k, ohw) = (g.k(), g.out_pixels());
-    // The output starts as the bias (gemm adds onto it), written once, without a zero-fill
-    // first.
+    let (k, ohw, per) = (g.k(), g.out_pixels(), g.c_out * g.out_pixels());
     let per_channel = b.len() == g.c_out;
-    let mut y = element::par_filled_rows(g.batch * g.c_out * ohw, ohw, |row| {
-        // Row n·O + o of the output belongs to sample n, channel o.
-        if per_channel {
-            b[row % g.c_out]
-        } else {
-            b[row]
-        }
-    });
     let parallelism = g.gemm_parallelism();
     let by_row = g.by_row_taps().then(|| weights_by_row(g, w));
-    let sample = |(y_n, x_n): (&mut [T], &[T])| {
+    let sample = |n: usize, y_n: &mut [MaybeUninit<T>], x_n: &[T]| {
+        // Each sample's output starts as the bias (gemm adds onto it), written just before
+        // its gemms, while it is in cache, and never zero-filled.
+        let y_n = element::fill_rows(y_n, ohw, |o| {
+            if per_channel {
+                b[o]
+            } else {
+                b[n * g.c_out + o]
+            }
+        });
         if let Some(by_row) = &by_row {
             // y_n += Σ_u W_u · rows shifted by u image rows.
             let (row_taps, plane) = (g.c_in * g.kw, g.padded_plane());
@@ -508,29 +509,46 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
             })
         }
     };
-    for_each_sample(parallelism, &mut y, g.c_out * ohw, x, g.in_size(), sample);
+    let len = g.batch * per;
+    let mut y = Vec::with_capacity(len);
+    for_each_sample(
+        parallelism,
+        &mut y.spare_capacity_mut()[..len],
+        per,
+        x,
+        g.in_size(),
+        sample,
+    );
+    // SAFETY: `sample` wrote every element of each sample's `per` outputs (`fill_rows`),
+    // and the batch's samples cover the first `len`.
+    unsafe { y.set_len(len) };
     y
 }
 
-/// Runs `sample` on each sample's output and input (`out_per` and `in_per` elements): in
-/// parallel over the batch when each gemm runs on one thread, in order when the gemms
-/// use the threads.
-fn for_each_sample<T: Element>(
+/// Runs `sample(n, out_n, in_n)` on each sample's output and input (`out_per` and `in_per`
+/// elements): in parallel over the batch when each gemm runs on one thread, in order when
+/// the gemms use the threads.
+fn for_each_sample<T: Element, U: Send>(
     parallelism: Parallelism,
-    out: &mut [T],
+    out: &mut [U],
     out_per: usize,
     input: &[T],
     in_per: usize,
-    sample: impl Fn((&mut [T], &[T])) + Sync + Send,
+    sample: impl Fn(usize, &mut [U], &[T]) + Sync + Send,
 ) {
     if let Parallelism::None = parallelism {
         out.par_chunks_mut(out_per)
             .zip(input.par_chunks(in_per))
-            .for_each(sample);
+            .enumerate()
+            .for_each(|(n, (out_n, in_n))| sample(n, out_n, in_n));
     } else {
-        out.chunks_mut(out_per)
+        for (n, (out_n, in_n)) in out
+            .chunks_mut(out_per)
             .zip(input.chunks(in_per))
-            .for_each(sample);
+            .enumerate()
+        {
+            sample(n, out_n, in_n)
+        }
     }
 }
 
@@ -553,7 +571,7 @@ fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
     let (k, ohw) = (g.k(), g.out_pixels());
     let mut dx = vec![T::ZERO; g.batch * g.in_size()];
     let parallelism = g.gemm_parallelism();
-    let sample = |(dx_n, g_n): (&mut [T], &[T])| {
+    let sample = |_: usize, dx_n: &mut [T], g_n: &[T]| {
         // Wᵀ (K×O): element (r, o) = w[o·K + r].
         let product = |dst: &mut [T]| {
             matmul(

@@ -1,6 +1,7 @@
 //! The element types the kernels run on, and typed access to candle's CPU storage.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, Layout, Result};
 
@@ -175,29 +176,24 @@ pub(crate) fn contiguous<'a, T: Element>(
     }
 }
 
-/// A vector of `len` elements in consecutive rows of `row` elements (the last possibly
-/// shorter), each row filled with `value(i)` for its index i, written in parallel without
-/// the zero-fill that `vec![0; len]` would cost first: an extra write pass over an output
-/// that is about to be overwritten.
-pub(crate) fn par_filled_rows<T: Element>(
-    len: usize,
+/// Writes `value(i)` into every element of row i of `part` (consecutive rows of `row`
+/// elements, the last possibly shorter) and returns it as initialised: how an output that
+/// starts as a constant per row (a convolution's bias) is written once, without the zero-fill
+/// of `vec![0; len]` first.
+pub(crate) fn fill_rows<T: Element>(
+    part: &mut [MaybeUninit<T>],
     row: usize,
-    value: impl Fn(usize) -> T + Sync,
-) -> Vec<T> {
-    use rayon::prelude::*;
-    let mut v = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len]
-        .par_chunks_mut(row.max(1))
-        .enumerate()
-        .for_each(|(i, part)| {
-            let x = value(i);
-            for slot in part {
-                slot.write(x);
-            }
-        });
-    // SAFETY: the loop above wrote each of the first `len` elements.
-    unsafe { v.set_len(len) };
-    v
+    value: impl Fn(usize) -> T,
+) -> &mut [T] {
+    for (i, r) in part.chunks_mut(row.max(1)).enumerate() {
+        let x = value(i);
+        for slot in r {
+            slot.write(x);
+        }
+    }
+    // SAFETY: the loop above wrote every element of `part`, and MaybeUninit<T> has T's
+    // layout.
+    unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) }
 }
 
 /// Runs `$body` with `T` bound to the storage's element type (f32 or f64).
