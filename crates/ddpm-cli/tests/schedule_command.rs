@@ -138,6 +138,38 @@ fn overrides_and_bad_input() {
     }
 }
 
+/// `--profile` adds each kernel's share of the step and names the costliest shapes.
+#[test]
+fn bench_profile_names_the_kernels() {
+    let out = ddpm(&[
+        "bench",
+        "--batch",
+        "2",
+        "--sample-batch",
+        "2",
+        "--reps",
+        "1",
+        "--profile",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "where the time goes, training step, batch 2",
+        "where the time goes, sampling step, batch 2",
+        "conv2d ∂w ∂b",
+        "group_norm backward",
+        "attention backward",
+        "candle's ops and the rest",
+        "costliest shapes",
+    ] {
+        assert!(text.contains(row), "no {row:?} in {text}");
+    }
+}
+
 #[test]
 fn bench_prints_its_table() {
     let out = ddpm(&[

@@ -46,6 +46,10 @@ pub struct BenchCommand {
     /// Use candle's own ops instead of the hand-written CPU kernels (for before/after).
     #[arg(long)]
     pub candle_ops: bool,
+    /// Also print where the time goes: each CPU kernel's share of the first training batch
+    /// size's step and of the sampling step, the rest being candle's ops.
+    #[arg(long)]
+    pub profile: bool,
     /// Write the numbers as JSON here too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -190,6 +194,58 @@ impl OurTrainer {
         x_prev.sum_all()?.to_scalar::<f32>()?;
         Ok(start.elapsed().as_secs_f64())
     }
+}
+
+/// The `--profile` table of one measurement: each kernel's mean time per step and share of
+/// the step (over `reps` steps of `total` seconds), then its five costliest shapes.
+fn profile_report(
+    what: &str,
+    entries: Vec<ddpm_unet::cpu_ops::profile::Entry>,
+    total: f64,
+    reps: usize,
+) -> String {
+    use std::fmt::Write;
+    let per_step = |seconds: f64| seconds / reps as f64 * 1e3;
+    let mut by_kernel: Vec<(&str, f64, usize)> = Vec::new();
+    for e in &entries {
+        match by_kernel.iter_mut().find(|(k, _, _)| *k == e.kernel) {
+            Some(slot) => {
+                slot.1 += e.seconds;
+                slot.2 += e.calls;
+            }
+            None => by_kernel.push((e.kernel, e.seconds, e.calls)),
+        }
+    }
+    by_kernel.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let kernels: f64 = by_kernel.iter().map(|k| k.1).sum();
+    let mut out = format!(
+        "where the time goes, {what} ({:.0} ms a step):\n",
+        per_step(total)
+    );
+    let mut row = |name: &str, seconds: f64, calls: Option<usize>| {
+        let calls = calls.map_or(String::new(), |c| format!("  {} calls", c / reps.max(1)));
+        let _ = writeln!(
+            out,
+            "  {name:<34} {:>8.1} ms {:>5.1}%{calls}",
+            per_step(seconds),
+            100.0 * seconds / total
+        );
+    };
+    for (kernel, seconds, calls) in &by_kernel {
+        row(kernel, *seconds, Some(*calls));
+    }
+    row("candle's ops and the rest", total - kernels, None);
+    let _ = writeln!(out, "  costliest shapes:");
+    for e in entries.iter().take(5) {
+        let _ = writeln!(
+            out,
+            "    {:<20} {:<44} {:>8.1} ms",
+            e.kernel,
+            e.shape,
+            per_step(e.seconds)
+        );
+    }
+    out
 }
 
 /// Seconds of one training step and of its phases.
@@ -359,10 +415,15 @@ impl BenchCommand {
         let mut table: Vec<(String, f64, Option<f64>, &str)> = Vec::new();
         let mut train_main = None;
         let mut phases = Vec::new();
+        let mut profiles = Vec::new();
         for &batch in &self.batches {
             let mut ours = OurTrainer::new(&config, batch, side, &device, precision)?;
             ours.step()?;
             let (mut mine, mut theirs, mut steps) = (Vec::new(), Vec::new(), Vec::new());
+            let profiled = self.profile && train_main.is_none();
+            if profiled {
+                ddpm_unet::cpu_ops::profile::start();
+            }
             for _ in 0..self.reps {
                 let times = ours.step()?;
                 tracing::debug!(batch, ?times, "training step");
@@ -371,6 +432,15 @@ impl BenchCommand {
                 if let Some(twin) = twin.as_mut() {
                     theirs.push(twin.ask(&format!("train {batch}"), "seconds")?);
                 }
+            }
+            if profiled {
+                let total = steps.iter().map(|t| t.total).sum::<f64>();
+                profiles.push(profile_report(
+                    &format!("training step, batch {batch}"),
+                    ddpm_unet::cpu_ops::profile::take(),
+                    total,
+                    self.reps,
+                ));
             }
             let phase = |f: fn(&StepTimes) -> f64| median(steps.iter().map(f).collect()) * 1e3;
             let (forward_ms, backward_ms, update_ms) = (
@@ -402,6 +472,9 @@ impl BenchCommand {
             OurTrainer::new(&config, self.sample_batch, side, &device, Precision::F32)?;
         sampler.sample_step()?;
         let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        if self.profile {
+            ddpm_unet::cpu_ops::profile::start();
+        }
         for _ in 0..self.reps {
             let seconds = sampler.sample_step()?;
             tracing::debug!(batch = self.sample_batch, seconds, "sampling step");
@@ -409,6 +482,14 @@ impl BenchCommand {
             if let Some(twin) = twin.as_mut() {
                 theirs.push(twin.ask(&format!("sample {}", self.sample_batch), "seconds")?);
             }
+        }
+        if self.profile {
+            profiles.push(profile_report(
+                &format!("sampling step, batch {}", self.sample_batch),
+                ddpm_unet::cpu_ops::profile::take(),
+                mine.iter().sum(),
+                self.reps,
+            ));
         }
         let sample_ms = median(mine) * 1e3;
         let theirs_sample_ms = (!theirs.is_empty()).then(|| median(theirs) * 1e3);
@@ -434,6 +515,9 @@ impl BenchCommand {
         }
         for line in &phases {
             println!("{line}");
+        }
+        for report in &profiles {
+            print!("{report}");
         }
         println!(
             "{:<26} {:>12.0} {:>12} {:>8}  MiB",

@@ -54,6 +54,13 @@ impl Geometry {
     fn per_sample(&self) -> usize {
         self.heads * self.size()
     }
+    /// The shape for [`super::profile`].
+    fn label(&self) -> String {
+        format!(
+            "{} heads of {} channels, {} tokens, batch {}",
+            self.heads, self.d, self.n, self.batch
+        )
+    }
     fn out_shape(&self) -> Shape {
         Shape::from((self.batch, self.heads * self.d, self.n))
     }
@@ -197,10 +204,16 @@ impl CustomOp1 for Attention {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(layout.shape(), self.heads)?;
-        dispatch!(storage, "ddpm-attention", |T| {
-            let qkv = contiguous::<T>(storage, layout, "ddpm-attention")?;
-            Ok((T::storage(forward(&g, qkv, self.scale)), g.out_shape()))
-        })
+        super::profile::time(
+            "attention",
+            || g.label(),
+            || {
+                dispatch!(storage, "ddpm-attention", |T| {
+                    let qkv = contiguous::<T>(storage, layout, "ddpm-attention")?;
+                    Ok((T::storage(forward(&g, qkv, self.scale)), g.out_shape()))
+                })
+            },
+        )
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -238,14 +251,20 @@ impl CustomOp2 for AttentionBackward {
                 g.out_shape().dims()
             );
         }
-        dispatch!(s1, "ddpm-attention-backward", |T| {
-            let qkv = contiguous::<T>(s1, l1, "ddpm-attention-backward")?;
-            let grad = contiguous::<T>(s2, l2, "ddpm-attention-backward")?;
-            Ok((
-                T::storage(backward(&g, qkv, grad, self.scale)),
-                l1.shape().clone(),
-            ))
-        })
+        super::profile::time(
+            "attention backward",
+            || g.label(),
+            || {
+                dispatch!(s1, "ddpm-attention-backward", |T| {
+                    let qkv = contiguous::<T>(s1, l1, "ddpm-attention-backward")?;
+                    let grad = contiguous::<T>(s2, l2, "ddpm-attention-backward")?;
+                    Ok((
+                        T::storage(backward(&g, qkv, grad, self.scale)),
+                        l1.shape().clone(),
+                    ))
+                })
+            },
+        )
     }
 }
 

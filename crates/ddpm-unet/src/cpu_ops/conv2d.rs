@@ -134,6 +134,14 @@ impl Geometry {
         })
     }
 
+    /// The shape for [`super::profile`], e.g. `64→64 3×3 @14×14 s1, batch 64`.
+    fn label(&self) -> String {
+        format!(
+            "{}→{} {}×{} @{}×{} s{}, batch {}",
+            self.c_in, self.c_out, self.kh, self.kw, self.h, self.w, self.stride, self.batch
+        )
+    }
+
     /// Split the batch over threads (one gemm per sample) when there are enough samples;
     /// otherwise let each gemm use the threads.
     fn gemm_parallelism(&self) -> Parallelism {
@@ -738,12 +746,18 @@ impl CustomOp3 for Conv2dOp {
             );
         }
         let shape = Shape::from((g.batch, g.c_out, g.oh, g.ow));
-        dispatch!(s1, "ddpm-conv2d", |T| {
-            let x = contiguous::<T>(s1, l1, "ddpm-conv2d")?;
-            let w = contiguous::<T>(s2, l2, "ddpm-conv2d")?;
-            let b = contiguous::<T>(s3, l3, "ddpm-conv2d")?;
-            Ok((T::storage(forward(&g, x, w, b)), shape))
-        })
+        super::profile::time(
+            "conv2d",
+            || g.label(),
+            || {
+                dispatch!(s1, "ddpm-conv2d", |T| {
+                    let x = contiguous::<T>(s1, l1, "ddpm-conv2d")?;
+                    let w = contiguous::<T>(s2, l2, "ddpm-conv2d")?;
+                    let b = contiguous::<T>(s3, l3, "ddpm-conv2d")?;
+                    Ok((T::storage(forward(&g, x, w, b)), shape))
+                })
+            },
+        )
     }
 
     fn bwd(
@@ -816,14 +830,20 @@ impl CustomOp2 for Conv2dGradInput {
         if l1.shape().dims() != [batch, g.c_out, g.oh, g.ow] {
             candle_core::bail!("conv2d backward: gradient shape {:?}", l1.dims());
         }
-        dispatch!(s1, "ddpm-conv2d-grad-input", |T| {
-            let grad = contiguous::<T>(s1, l1, "ddpm-conv2d-grad-input")?;
-            let w = contiguous::<T>(s2, l2, "ddpm-conv2d-grad-input")?;
-            Ok((
-                T::storage(grad_input(&g, grad, w)),
-                Shape::from((batch, c_in, self.h, self.w)),
-            ))
-        })
+        super::profile::time(
+            "conv2d ∂x",
+            || g.label(),
+            || {
+                dispatch!(s1, "ddpm-conv2d-grad-input", |T| {
+                    let grad = contiguous::<T>(s1, l1, "ddpm-conv2d-grad-input")?;
+                    let w = contiguous::<T>(s2, l2, "ddpm-conv2d-grad-input")?;
+                    Ok((
+                        T::storage(grad_input(&g, grad, w)),
+                        Shape::from((batch, c_in, self.h, self.w)),
+                    ))
+                })
+            },
+        )
     }
 }
 
@@ -852,13 +872,19 @@ impl CustomOp2 for Conv2dGradWeight {
         if l2.shape().dims() != [g.batch, g.c_out, g.oh, g.ow] {
             candle_core::bail!("conv2d backward: gradient shape {:?}", l2.dims());
         }
-        dispatch!(s1, "ddpm-conv2d-grad-weight", |T| {
-            let x = contiguous::<T>(s1, l1, "ddpm-conv2d-grad-weight")?;
-            let grad = contiguous::<T>(s2, l2, "ddpm-conv2d-grad-weight")?;
-            let packed = grad_weight_bias(&g, x, grad, self.per_sample_bias);
-            let len = packed.len();
-            Ok((T::storage(packed), Shape::from(len)))
-        })
+        super::profile::time(
+            "conv2d ∂w ∂b",
+            || g.label(),
+            || {
+                dispatch!(s1, "ddpm-conv2d-grad-weight", |T| {
+                    let x = contiguous::<T>(s1, l1, "ddpm-conv2d-grad-weight")?;
+                    let grad = contiguous::<T>(s2, l2, "ddpm-conv2d-grad-weight")?;
+                    let packed = grad_weight_bias(&g, x, grad, self.per_sample_bias);
+                    let len = packed.len();
+                    Ok((T::storage(packed), Shape::from(len)))
+                })
+            },
+        )
     }
 }
 

@@ -282,15 +282,28 @@ impl CustomOp3 for GroupNormOp {
         if l2.dims() != [g.channels] || l3.dims() != [g.channels] {
             candle_core::bail!("group_norm: γ and β must have shape [{}]", g.channels);
         }
-        dispatch!(s1, "ddpm-group-norm", |T| {
-            let x = contiguous::<T>(s1, l1, "ddpm-group-norm")?;
-            let gamma = contiguous::<T>(s2, l2, "ddpm-group-norm")?;
-            let beta = contiguous::<T>(s3, l3, "ddpm-group-norm")?;
-            Ok((
-                T::storage(forward(&g, x, gamma, beta, self.eps, self.silu)),
-                l1.shape().clone(),
-            ))
-        })
+        super::profile::time(
+            "group_norm",
+            || {
+                format!(
+                    "{:?}, {} groups{}",
+                    l1.dims(),
+                    self.groups,
+                    if self.silu { " +SiLU" } else { "" }
+                )
+            },
+            || {
+                dispatch!(s1, "ddpm-group-norm", |T| {
+                    let x = contiguous::<T>(s1, l1, "ddpm-group-norm")?;
+                    let gamma = contiguous::<T>(s2, l2, "ddpm-group-norm")?;
+                    let beta = contiguous::<T>(s3, l3, "ddpm-group-norm")?;
+                    Ok((
+                        T::storage(forward(&g, x, gamma, beta, self.eps, self.silu)),
+                        l1.shape().clone(),
+                    ))
+                })
+            },
+        )
     }
 
     fn bwd(
@@ -344,15 +357,28 @@ impl CustomOp3 for GroupNormBackward {
         if l2.shape() != l1.shape() || l3.dims() != [2 * g.channels] {
             candle_core::bail!("group_norm backward: mismatched shapes");
         }
-        dispatch!(s1, "ddpm-group-norm-backward", |T| {
-            let x = contiguous::<T>(s1, l1, "ddpm-group-norm-backward")?;
-            let dy = contiguous::<T>(s2, l2, "ddpm-group-norm-backward")?;
-            let params = contiguous::<T>(s3, l3, "ddpm-group-norm-backward")?;
-            let (gamma, beta) = params.split_at(g.channels);
-            let packed = backward(&g, x, dy, gamma, beta, self.eps, self.silu);
-            let len = packed.len();
-            Ok((T::storage(packed), Shape::from(len)))
-        })
+        super::profile::time(
+            "group_norm backward",
+            || {
+                format!(
+                    "{:?}, {} groups{}",
+                    l1.dims(),
+                    self.groups,
+                    if self.silu { " +SiLU" } else { "" }
+                )
+            },
+            || {
+                dispatch!(s1, "ddpm-group-norm-backward", |T| {
+                    let x = contiguous::<T>(s1, l1, "ddpm-group-norm-backward")?;
+                    let dy = contiguous::<T>(s2, l2, "ddpm-group-norm-backward")?;
+                    let params = contiguous::<T>(s3, l3, "ddpm-group-norm-backward")?;
+                    let (gamma, beta) = params.split_at(g.channels);
+                    let packed = backward(&g, x, dy, gamma, beta, self.eps, self.silu);
+                    let len = packed.len();
+                    Ok((T::storage(packed), Shape::from(len)))
+                })
+            },
+        )
     }
 }
 

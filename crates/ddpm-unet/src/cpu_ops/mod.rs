@@ -17,6 +17,7 @@ mod avx512;
 mod conv2d;
 mod element;
 mod group_norm;
+pub mod profile;
 mod simd;
 mod softmax;
 mod upsample;

@@ -106,13 +106,19 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let cols = layout.dims().last().copied().unwrap_or(1).max(1);
-        dispatch!(storage, "ddpm-softmax", |T| {
-            let x = contiguous::<T>(storage, layout, "ddpm-softmax")?;
-            Ok((
-                T::storage(forward(x, cols, self.scale)),
-                layout.shape().clone(),
-            ))
-        })
+        super::profile::time(
+            "softmax",
+            || format!("{:?}", layout.dims()),
+            || {
+                dispatch!(storage, "ddpm-softmax", |T| {
+                    let x = contiguous::<T>(storage, layout, "ddpm-softmax")?;
+                    Ok((
+                        T::storage(forward(x, cols, self.scale)),
+                        layout.shape().clone(),
+                    ))
+                })
+            },
+        )
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -147,14 +153,20 @@ impl CustomOp2 for SoftmaxBackward {
             );
         }
         let cols = l1.dims().last().copied().unwrap_or(1).max(1);
-        dispatch!(s1, "ddpm-softmax-backward", |T| {
-            let y = contiguous::<T>(s1, l1, "ddpm-softmax-backward")?;
-            let g = contiguous::<T>(s2, l2, "ddpm-softmax-backward")?;
-            Ok((
-                T::storage(backward(y, g, cols, self.scale)),
-                l1.shape().clone(),
-            ))
-        })
+        super::profile::time(
+            "softmax backward",
+            || format!("{:?}", l1.dims()),
+            || {
+                dispatch!(s1, "ddpm-softmax-backward", |T| {
+                    let y = contiguous::<T>(s1, l1, "ddpm-softmax-backward")?;
+                    let g = contiguous::<T>(s2, l2, "ddpm-softmax-backward")?;
+                    Ok((
+                        T::storage(backward(y, g, cols, self.scale)),
+                        l1.shape().clone(),
+                    ))
+                })
+            },
+        )
     }
 }
 

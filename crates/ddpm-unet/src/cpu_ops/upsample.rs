@@ -51,13 +51,19 @@ impl CustomOp1 for Upsample2x {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = layout.shape().dims4()?;
-        dispatch!(storage, "ddpm-upsample-nearest-2x", |T| {
-            let x = contiguous::<T>(storage, layout, "ddpm-upsample-nearest-2x")?;
-            Ok((
-                T::storage(forward(x, h, w)),
-                Shape::from((b, c, 2 * h, 2 * w)),
-            ))
-        })
+        super::profile::time(
+            "upsample",
+            || format!("{:?}", layout.dims()),
+            || {
+                dispatch!(storage, "ddpm-upsample-nearest-2x", |T| {
+                    let x = contiguous::<T>(storage, layout, "ddpm-upsample-nearest-2x")?;
+                    Ok((
+                        T::storage(forward(x, h, w)),
+                        Shape::from((b, c, 2 * h, 2 * w)),
+                    ))
+                })
+            },
+        )
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -81,10 +87,16 @@ impl CustomOp1 for Upsample2xBackward {
             candle_core::bail!("upsample backward: odd gradient size {h2}×{w2}");
         }
         let (h, w) = (h2 / 2, w2 / 2);
-        dispatch!(storage, "ddpm-upsample-nearest-2x-backward", |T| {
-            let g = contiguous::<T>(storage, layout, "ddpm-upsample-nearest-2x-backward")?;
-            Ok((T::storage(backward(g, h, w)), Shape::from((b, c, h, w))))
-        })
+        super::profile::time(
+            "upsample backward",
+            || format!("{:?}", layout.dims()),
+            || {
+                dispatch!(storage, "ddpm-upsample-nearest-2x-backward", |T| {
+                    let g = contiguous::<T>(storage, layout, "ddpm-upsample-nearest-2x-backward")?;
+                    Ok((T::storage(backward(g, h, w)), Shape::from((b, c, h, w))))
+                })
+            },
+        )
     }
 }
 
