@@ -138,10 +138,10 @@ fn overrides_and_bad_input() {
     }
 }
 
-/// `--profile` adds each kernel's share of the step and names the costliest shapes.
-#[test]
-fn bench_profile_names_the_kernels() {
-    let out = ddpm(&[
+/// `ddpm bench` at batch 2, one repetition, with `extra` arguments: its standard output,
+/// after checking that it succeeded.
+fn tiny_bench(extra: &[&str]) -> String {
+    let mut args = vec![
         "bench",
         "--batch",
         "2",
@@ -149,14 +149,21 @@ fn bench_profile_names_the_kernels() {
         "2",
         "--reps",
         "1",
-        "--profile",
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    ];
+    args.extend_from_slice(extra);
+    let out = ddpm(&args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `--profile` adds each kernel's share of the step and names the costliest shapes.
+#[test]
+fn bench_profile_names_the_kernels() {
+    let text = tiny_bench(&["--profile"]);
     for row in [
         "where the time goes, training step, batch 2",
         "where the time goes, sampling step, batch 2",
@@ -172,21 +179,7 @@ fn bench_profile_names_the_kernels() {
 
 #[test]
 fn bench_prints_its_table() {
-    let out = ddpm(&[
-        "bench",
-        "--batch",
-        "2",
-        "--sample-batch",
-        "2",
-        "--reps",
-        "1",
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = tiny_bench(&[]);
     for row in [
         "train, batch 2",
         "sampling step, batch 2",

@@ -344,6 +344,23 @@ fn softmax_matches_its_definition_and_finite_differences() {
     }
 }
 
+/// softmax(s·Q·Kᵀ)·V composed of candle's ops by hand, on (G, N, d) tokens: softmax over
+/// the last dim, shifted by its detached maximum.
+fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
+    let s = q
+        .matmul(&k.t().unwrap())
+        .unwrap()
+        .affine(scale, 0.0)
+        .unwrap();
+    let e = s
+        .broadcast_sub(&s.max_keepdim(2).unwrap().detach())
+        .unwrap()
+        .exp()
+        .unwrap();
+    let p = e.broadcast_div(&e.sum_keepdim(2).unwrap()).unwrap();
+    p.matmul(v).unwrap()
+}
+
 /// One attention case: `attend` against softmax(s·Q·Kᵀ)·V composed of candle's ops,
 /// forward and backward (f32), and against finite differences (f64). Channels first, the
 /// inputs are (G, d, N), and the reference works on their transposes.
@@ -367,19 +384,12 @@ fn check_attention(
             t.clone()
         }
     };
-    // candle's ops, composed by hand: softmax over the last dim of s·Q·Kᵀ, times V.
-    let s = tokens(&q)
-        .matmul(&tokens(&k).t().unwrap())
-        .unwrap()
-        .affine(scale, 0.0)
-        .unwrap();
-    let e = s
-        .broadcast_sub(&s.max_keepdim(2).unwrap().detach())
-        .unwrap()
-        .exp()
-        .unwrap();
-    let p = e.broadcast_div(&e.sum_keepdim(2).unwrap()).unwrap();
-    let reference = tokens(&p.matmul(&tokens(&v)).unwrap());
+    let reference = tokens(&reference_attention(
+        &tokens(&q),
+        &tokens(&k),
+        &tokens(&v),
+        scale,
+    ));
     let err = rel_diff(&ours, &reference);
     assert!(err < 1e-5, "{label}: forward differs by {err}");
     let r = randn(&shape, DType::F32, seed + 3);
@@ -472,21 +482,7 @@ fn packed_qkv_attention_matches_candle_and_finite_differences() {
                 .t()
                 .unwrap()
         };
-        let (q, k, v) = (part(0), part(1), part(2));
-        let s = q
-            .matmul(&k.t().unwrap())
-            .unwrap()
-            .affine(scale, 0.0)
-            .unwrap();
-        let e = s
-            .broadcast_sub(&s.max_keepdim(2).unwrap().detach())
-            .unwrap()
-            .exp()
-            .unwrap();
-        let p = e.broadcast_div(&e.sum_keepdim(2).unwrap()).unwrap();
-        let reference = p
-            .matmul(&v)
-            .unwrap()
+        let reference = reference_attention(&part(0), &part(1), &part(2), scale)
             .t()
             .unwrap()
             .reshape((b, c, n))

@@ -258,6 +258,14 @@ vectorized_fn!(
     }
 );
 
+/// The shape for [`super::profile`], e.g. `[64, 32, 28, 28], 8 groups +SiLU`.
+fn label(dims: &[usize], groups: usize, silu: bool) -> String {
+    format!(
+        "{dims:?}, {groups} groups{}",
+        if silu { " +SiLU" } else { "" }
+    )
+}
+
 struct GroupNormOp {
     groups: usize,
     eps: f64,
@@ -284,14 +292,7 @@ impl CustomOp3 for GroupNormOp {
         }
         super::profile::time(
             "group_norm",
-            || {
-                format!(
-                    "{:?}, {} groups{}",
-                    l1.dims(),
-                    self.groups,
-                    if self.silu { " +SiLU" } else { "" }
-                )
-            },
+            || label(l1.dims(), self.groups, self.silu),
             || {
                 dispatch!(s1, "ddpm-group-norm", |T| {
                     let x = contiguous::<T>(s1, l1, "ddpm-group-norm")?;
@@ -359,14 +360,7 @@ impl CustomOp3 for GroupNormBackward {
         }
         super::profile::time(
             "group_norm backward",
-            || {
-                format!(
-                    "{:?}, {} groups{}",
-                    l1.dims(),
-                    self.groups,
-                    if self.silu { " +SiLU" } else { "" }
-                )
-            },
+            || label(l1.dims(), self.groups, self.silu),
             || {
                 dispatch!(s1, "ddpm-group-norm-backward", |T| {
                     let x = contiguous::<T>(s1, l1, "ddpm-group-norm-backward")?;
