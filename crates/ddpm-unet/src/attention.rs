@@ -64,9 +64,19 @@ impl SpatialAttention {
             0,
         )?
         .reshape((3 * c, c, 1, 1))?;
-        let bias = match (self.to_q.bias(), self.to_k.bias(), self.to_v.bias()) {
-            (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[q, k, v], 0)?),
-            _ => None,
+        let biases = [self.to_q.bias(), self.to_k.bias(), self.to_v.bias()];
+        let bias = if biases.iter().all(Option::is_none) {
+            None
+        } else {
+            // A projection without a bias contributes zeros.
+            let parts = biases
+                .iter()
+                .map(|b| match b {
+                    Some(b) => Ok((*b).clone()),
+                    None => Tensor::zeros(c, x.dtype(), x.device()),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Some(Tensor::cat(&parts, 0)?)
         };
         let qkv = crate::cpu_ops::conv2d(&normed, &weight, bias.as_ref(), 1, 0)?.reshape((
             b,
