@@ -94,6 +94,20 @@ impl Geometry {
     fn by_row_taps(&self) -> bool {
         self.is_row_shift() && !self.is_pointwise()
     }
+    /// Whether the [row-tap](Self::by_row_taps) forward computes its output transposed, pixel
+    /// by channel ([`forward`]): for at most 196 pixels (14×14) and a multiple of 16, at least
+    /// 64, output channels. gemm's 64-row microkernel then runs down the channels, which
+    /// fill it, instead of down the pixels (49 of 64 rows at 7×7, and a prepacked copy of the
+    /// unfolding for every tap whenever the pixel count is not a multiple of 16), and, with
+    /// products of at most 48 pixels, packs nothing. Measured call by call against the
+    /// untransposed product: 12–16% less time at 7×7 and 14×14 in training, 15–26% in
+    /// sampling; 13% more at 28×28 with 32 or 64 channels.
+    fn channels_as_rows(&self) -> bool {
+        self.by_row_taps()
+            && self.out_pixels() <= 196
+            && self.c_out >= 64
+            && self.c_out.is_multiple_of(16)
+    }
     /// A 1×1 convolution with stride 1 and no padding needs no unfolding: cols = x.
     fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
@@ -318,6 +332,17 @@ fn weights_by_row<T: Element>(g: &Geometry, w: &[T]) -> Vec<T> {
     out
 }
 
+/// The kernel regrouped by vertical tap and transposed, for
+/// [`channels_as_rows`](Geometry::channels_as_rows): KH matrices (C·KW) × O, element
+/// (u, c·KW + v, o) = w[o, c, u, v] (the layout of the transposed weight gradient).
+fn weights_by_row_transposed<T: Element>(g: &Geometry, w: &[T]) -> Vec<T> {
+    let mut out = vec![T::ZERO; w.len()];
+    for_each_kernel_index(g, |i, o, c, u, v| {
+        out[((u * g.c_in + c) * g.kw + v) * g.c_out + o] = w[i];
+    });
+    out
+}
+
 /// ∂L/∂w (O, C, KH, KW) from the transposed gradient that [`grad_weight_bias`] accumulates:
 /// for [row taps](Geometry::by_row_taps) element (u, c·KW + v, o), otherwise (c·KH·KW +
 /// u·KW + v, o).
@@ -456,22 +481,61 @@ pub(super) fn matmul<T: Element>(
     }
 }
 
+/// The most pixels per product in the [transposed forward](Geometry::channels_as_rows):
+/// gemm packs its first operand when the product has more than 48 columns (here, pixels).
+const UNPACKED_PIXELS: usize = 48;
+
 /// y = conv(x, w) + b, with b either per channel (O) or per sample and channel (B·O).
 fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let (k, ohw, per) = (g.k(), g.out_pixels(), g.c_out * g.out_pixels());
     let per_channel = b.len() == g.c_out;
     let parallelism = g.gemm_parallelism();
-    let by_row = g.by_row_taps().then(|| weights_by_row(g, w));
+    let transposed = g.channels_as_rows();
+    let by_row = (g.by_row_taps() && !transposed).then(|| weights_by_row(g, w));
+    let by_row_t = transposed.then(|| weights_by_row_transposed(g, w));
     let sample = |n: usize, y_n: &mut [MaybeUninit<T>], x_n: &[T]| {
-        // Each sample's output starts as the bias (gemm adds onto it), written just before
-        // its gemms, while it is in cache, and never zero-filled.
-        let y_n = element::fill_rows(y_n, ohw, |o| {
+        let bias = |o: usize| {
             if per_channel {
                 b[o]
             } else {
                 b[n * g.c_out + o]
             }
-        });
+        };
+        if let Some(by_row_t) = &by_row_t {
+            // y_nᵀ (pixels × O) = Σ_u (rows shifted by u image rows)ᵀ · W_uᵀ, in products of
+            // at most 48 pixels (see `channels_as_rows`), then transposed back with the bias.
+            let (row_taps, plane) = (g.c_in * g.kw, g.padded_plane());
+            with_scratch(row_taps * plane + ohw * g.c_out, |scratch| {
+                let (rows, y_t) = scratch.split_at_mut(row_taps * plane);
+                unfold_row_taps(g, x_n, rows);
+                for (u, w_t) in by_row_t.chunks_exact(row_taps * g.c_out).enumerate() {
+                    for first in (0..ohw).step_by(UNPACKED_PIXELS) {
+                        matmul(
+                            UNPACKED_PIXELS.min(ohw - first),
+                            g.c_out,
+                            row_taps,
+                            &mut y_t[first * g.c_out..],
+                            u > 0,
+                            &rows[u * g.w + first..],
+                            (1, plane),
+                            w_t,
+                            (g.c_out, 1),
+                            parallelism,
+                        );
+                    }
+                }
+                for (o, row) in y_n.chunks_mut(ohw).enumerate() {
+                    let b_o = bias(o);
+                    for (slot, &v) in row.iter_mut().zip(y_t[o..].iter().step_by(g.c_out)) {
+                        slot.write(v + b_o);
+                    }
+                }
+            });
+            return;
+        }
+        // Each sample's output starts as the bias (gemm adds onto it), written just before
+        // its gemms, while it is in cache, and never zero-filled.
+        let y_n = element::fill_rows(y_n, ohw, bias);
         if let Some(by_row) = &by_row {
             // y_n += Σ_u W_u · rows shifted by u image rows.
             let (row_taps, plane) = (g.c_in * g.kw, g.padded_plane());
@@ -527,8 +591,9 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
         g.in_size(),
         sample,
     );
-    // SAFETY: `sample` wrote every element of each sample's `per` outputs (`fill_rows`),
-    // and the batch's samples cover the first `len`.
+    // SAFETY: `sample` wrote every element of each sample's `per` outputs (`fill_rows`, or
+    // the transposed path's loop over all O rows of `ohw`), and the batch's samples cover
+    // the first `len`.
     unsafe { y.set_len(len) };
     y
 }
