@@ -95,17 +95,19 @@ impl Geometry {
         self.is_row_shift() && !self.is_pointwise()
     }
     /// Whether the [row-tap](Self::by_row_taps) forward computes its output transposed, pixel
-    /// by channel ([`forward`]): for at most 196 pixels (14×14) and a multiple of 16, at least
-    /// 64, output channels. gemm's 64-row microkernel then runs down the channels, which
-    /// fill it, instead of down the pixels (49 of 64 rows at 7×7, and a prepacked copy of the
+    /// by channel ([`forward`]): for at most 196 pixels (14×14) and 64 to 128 output channels,
+    /// a multiple of 16. gemm's 64-row microkernel then runs down the channels, which fill
+    /// it, instead of down the pixels (49 of 64 rows at 7×7, and a prepacked copy of the
     /// unfolding for every tap whenever the pixel count is not a multiple of 16), and, with
-    /// products of at most 48 pixels, packs nothing. Measured call by call against the
+    /// products of at most 48 pixels and at most 128 channels, packs nothing (gemm packs the
+    /// unfolding once more than 128 rows reuse it). Measured call by call against the
     /// untransposed product: 12–16% less time at 7×7 and 14×14 in training, 15–26% in
-    /// sampling; 13% more at 28×28 with 32 or 64 channels.
+    /// sampling; 13% more at 28×28 with 32 or 64 channels. 1×1 convolutions, tried the same
+    /// way, were slower (q, k, v's 192 and 288 channels re-pack x for every product).
     fn channels_as_rows(&self) -> bool {
         self.by_row_taps()
             && self.out_pixels() <= 196
-            && self.c_out >= 64
+            && (64..=128).contains(&self.c_out)
             && self.c_out.is_multiple_of(16)
     }
     /// A 1×1 convolution with stride 1 and no padding needs no unfolding: cols = x.
