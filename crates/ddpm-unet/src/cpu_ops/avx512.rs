@@ -211,8 +211,9 @@ fn sigmoid16(z: __m512) -> __m512 {
     )
 }
 
-/// GroupNorm's (μ, 1/√(σ² + ε)) of one block, two passes as the generic
-/// [`moments`](super::group_norm): Σ x, then Σ (x − μ)², lane sums combined in f64.
+/// GroupNorm's (μ, 1/√(σ² + ε)) of one block, two passes as the generic `moments` in
+/// [`super::group_norm`](mod@super::group_norm): Σ x, then Σ (x − μ)², lane sums combined
+/// in f64.
 #[target_feature(enable = "avx512f")]
 fn moments(x: &[f32], eps: f64) -> (f64, f64) {
     let (n, ptr) = (x.len() as f64, x.as_ptr());
@@ -269,9 +270,9 @@ pub(super) unsafe fn group_norm_forward_block(
 }
 
 /// One (sample, group) block of GroupNorm's backward: ∂L/∂x into `dx`, and the block's
-/// [∂L/∂γ per channel, ∂L/∂β per channel], as the generic
-/// [`backward_block`](super::group_norm) computes them, with the dz pass and its two sums
-/// fused.
+/// [∂L/∂γ per channel, ∂L/∂β per channel], as the generic `backward_block` in
+/// [`super::group_norm`](mod@super::group_norm) computes them, with the dz pass and its two
+/// sums fused.
 ///
 /// # Safety
 /// As [`group_norm_forward_block`], with `dx` and `dy` as long as `x`.
