@@ -197,7 +197,8 @@ impl OurTrainer {
 }
 
 /// The `--profile` table of one measurement: each kernel's mean time per step and share of
-/// the step (over `reps` steps of `total` seconds), then its five costliest shapes.
+/// the step (over `reps` steps of `total` seconds), then its five costliest shapes (every
+/// shape is logged at debug level).
 fn profile_report(
     what: &str,
     entries: Vec<ddpm_unet::cpu_ops::profile::Entry>,
@@ -243,6 +244,17 @@ fn profile_report(
             e.kernel,
             e.shape,
             per_step(e.seconds)
+        );
+    }
+    // Every shape, for `RUST_LOG=ddpm=debug`.
+    for e in &entries {
+        tracing::debug!(
+            what,
+            kernel = e.kernel,
+            shape = %e.shape,
+            ms_per_step = per_step(e.seconds),
+            calls_per_step = e.calls / reps.max(1),
+            "profile"
         );
     }
     out
