@@ -61,7 +61,7 @@ fn grads_of_weighted_sum(y: &Tensor, r: &Tensor) -> candle_core::backprop::GradS
 /// - the forward is computed transposed, pixel by channel, for at least 64 output channels
 ///   (a multiple of 16) and at most 196 pixels (cases 13 and 14, 63 and 30 pixels, the first
 ///   in two products of 48 and 15; case 13's input gradient takes it too).
-const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 15] = [
+const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 17] = [
     ([4, 3, 7, 9], [5, 3, 3, 3], 1, 1),
     ([3, 4, 8, 8], [4, 4, 3, 3], 2, 1),
     ([3, 4, 9, 7], [2, 4, 3, 3], 2, 0),
@@ -77,6 +77,11 @@ const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 15] = [
     ([2, 3, 5, 1], [2, 3, 3, 3], 1, 1),
     ([2, 64, 7, 9], [64, 64, 3, 3], 1, 1),
     ([2, 16, 5, 6], [80, 16, 3, 3], 1, 1),
+    // Winograd's forward (≥ 14×14, ≥ 16 channels, when the batch has a sample per thread);
+    // the input gradient too, with more output than input channels and with fewer, an odd
+    // height, and a batch that splits unevenly over two threads.
+    ([2, 16, 14, 15], [24, 16, 3, 3], 1, 1),
+    ([3, 20, 15, 14], [16, 20, 3, 3], 1, 1),
 ];
 
 /// One convolution case against candle's `conv2d` plus a broadcast bias, forward and

@@ -35,6 +35,8 @@ pub(crate) trait Element:
     fn as_f32(xs: &[Self]) -> Option<&[f32]>;
     /// [`Element::as_f32`], mutable.
     fn as_f32_mut(xs: &mut [Self]) -> Option<&mut [f32]>;
+    /// [`Element::as_f32_mut`] for memory not yet written.
+    fn as_f32_uninit(xs: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<f32>]>;
     /// Wraps a vector as storage.
     fn storage(data: Vec<Self>) -> CpuStorage;
     /// This thread's scratch buffer of this type (see [`with_scratch`]).
@@ -101,6 +103,9 @@ impl Element for f32 {
     fn as_f32_mut(xs: &mut [Self]) -> Option<&mut [f32]> {
         Some(xs)
     }
+    fn as_f32_uninit(xs: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<f32>]> {
+        Some(xs)
+    }
     fn storage(data: Vec<Self>) -> CpuStorage {
         CpuStorage::F32(data)
     }
@@ -146,6 +151,9 @@ impl Element for f64 {
         None
     }
     fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
+    fn as_f32_uninit(_: &mut [MaybeUninit<Self>]) -> Option<&mut [MaybeUninit<f32>]> {
         None
     }
     fn storage(data: Vec<Self>) -> CpuStorage {

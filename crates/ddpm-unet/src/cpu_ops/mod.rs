@@ -21,6 +21,7 @@ pub mod profile;
 mod simd;
 mod softmax;
 mod upsample;
+mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
