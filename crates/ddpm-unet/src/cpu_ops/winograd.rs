@@ -39,7 +39,8 @@ use super::conv2d::matmul;
 use super::element::{with_scratch, Element};
 use super::simd::vectorized_fn;
 
-/// Tiles per block: 196 is one 28×28 image, four 14×14 images, or twelve 7×7 ones.
+/// Tiles per block: one 28×28 image or four 14×14 ones (before the spare tile of each tile
+/// row). 100, 256 and 400 were slower.
 const BLOCK_TILES: usize = 196;
 
 /// The shapes of a 3×3 convolution with stride 1 and padding 1: input (B, C, H, W), output
@@ -148,9 +149,9 @@ fn wide(len: usize) -> usize {
     len.next_multiple_of(LANES)
 }
 
-/// out[t] = f(inputs[0][t], …, inputs[N − 1][t]) for every t of `out`, [`LANES`] at a time
-/// (each input is cut to out's length first, which removes the bounds checks), so that
-/// the loop vectorises into whole registers; a remainder, if any, runs one by one.
+/// out[t] = f(inputs[0][t], …, inputs[N − 1][t]) for every t of `out` (each input at least
+/// as long), [`LANES`] at a time, so that the loop vectorises into whole registers; a
+/// remainder, if any, runs one by one.
 #[inline(always)]
 fn zip_map<T: Element, const N: usize>(out: &mut [T], inputs: [&[T]; N], f: impl Fn([T; N]) -> T) {
     let len = out.len();
@@ -185,25 +186,11 @@ fn deinterleave<T: Element>(src: &[T], even: &mut [T], odd: &mut [T]) {
             return;
         }
     }
-    const PAIRS: usize = LANES / 2;
-    let pairs = src.len() / 2;
-    let main = pairs / PAIRS * PAIRS;
-    for ((chunk, e), o) in src[..2 * main]
-        .chunks_exact(2 * PAIRS)
-        .zip(even[..main].chunks_exact_mut(PAIRS))
-        .zip(odd[..main].chunks_exact_mut(PAIRS))
-    {
-        for k in 0..PAIRS {
-            e[k] = chunk[2 * k];
-            o[k] = chunk[2 * k + 1];
+    for (k, pair) in src.chunks(2).enumerate() {
+        even[k] = pair[0];
+        if let Some(&next) = pair.get(1) {
+            odd[k] = next;
         }
-    }
-    for k in main..pairs {
-        even[k] = src[2 * k];
-        odd[k] = src[2 * k + 1];
-    }
-    if src.len() % 2 == 1 {
-        even[pairs] = src[2 * pairs];
     }
 }
 
@@ -221,25 +208,11 @@ fn interleave<T: Element>(even: &[T], odd: &[T], dst: &mut [MaybeUninit<T>]) {
             return;
         }
     }
-    const PAIRS: usize = LANES / 2;
-    let pairs = dst.len() / 2;
-    let main = pairs / PAIRS * PAIRS;
-    for ((chunk, e), o) in dst[..2 * main]
-        .chunks_exact_mut(2 * PAIRS)
-        .zip(even[..main].chunks_exact(PAIRS))
-        .zip(odd[..main].chunks_exact(PAIRS))
-    {
-        for k in 0..PAIRS {
-            chunk[2 * k].write(e[k]);
-            chunk[2 * k + 1].write(o[k]);
+    for (k, pair) in dst.chunks_mut(2).enumerate() {
+        pair[0].write(even[k]);
+        if let Some(slot) = pair.get_mut(1) {
+            slot.write(odd[k]);
         }
-    }
-    for k in main..pairs {
-        dst[2 * k].write(even[k]);
-        dst[2 * k + 1].write(odd[k]);
-    }
-    if dst.len() % 2 == 1 {
-        dst[2 * pairs].write(even[pairs]);
     }
 }
 
@@ -268,7 +241,8 @@ vectorized_fn!(
     /// planes each): 16 matrices C × `stride`, element (ξ, c, column), the tile (ty, tx) of
     /// the block's tile row `local` in column local·(⌈W/2⌉ + 1) + tx. (Column tx = ⌈W/2⌉ of
     /// each tile row is a tile that is never used, so that each sample's rows of tiles are
-    /// one vector.) The columns past the block's are left as they are. `scratch` holds
+    /// one vector.) Each segment's vectors run on to a multiple of [`LANES`] columns (see
+    /// [`wide`]); the columns past those are left as they are. `scratch` holds
     /// [`Shape3x3::small_scratch`] elements.
     ///
     /// The padded plane P[y′, x′] = d[y′ − 1, x′ − 1] (zero outside the image) is split by the
@@ -414,8 +388,9 @@ pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Ve
                 let (m, small) = rest.split_at_mut(m_len);
                 for rows in blocks(s, samples) {
                     let (tiles, stride) = (rows.len() * s.row_len(), s.block_stride(rows.clone()));
-                    // The products span all `stride` columns; the extra ones of V are zeroed
-                    // and those of M unread.
+                    // The products span all `stride` columns. The extra ones of M are never
+                    // read; those of V are zeroed all the same, so that whatever the scratch
+                    // held (a NaN, a subnormal that slows the multiplications) costs nothing.
                     input_transform(s, x_g, rows.clone(), stride, v, small);
                     for row in v[..16 * s.c_in * stride].chunks_exact_mut(stride) {
                         row[tiles..].fill(T::ZERO);
