@@ -357,7 +357,7 @@ fn lanes_mask(len: usize) -> __mmask16 {
     ((1u32 << len) - 1) as __mmask16
 }
 
-/// even[k] = src[2k] and odd[k] = src[2k + 1] for every element of src, 32 at a time by
+/// `even[k] = src[2k]` and `odd[k] = src[2k + 1]` for every element of src, 32 at a time by
 /// two permutes (`vpermt2ps`) of two loads; the last 32 with masked loads and stores.
 ///
 /// # Safety
@@ -393,7 +393,7 @@ pub(super) unsafe fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]
     }
 }
 
-/// dst[2k] = even[k] and dst[2k + 1] = odd[k] for every element of dst (which need not
+/// `dst[2k] = even[k]` and `dst[2k + 1] = odd[k]` for every element of dst (which need not
 /// have been written before): the inverse of [`deinterleave`].
 ///
 /// # Safety

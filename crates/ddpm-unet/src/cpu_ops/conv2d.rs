@@ -17,6 +17,9 @@
 //! - with a square kernel and O ≤ C, ∂L/∂x is itself a stride-1 convolution of the output
 //!   gradient with the flipped, transposed kernel (see `Geometry::transposed`), with no
 //!   col2im.
+//!
+//! And 3×3 forwards (so also those input gradients) on images of 14×14 and up run as
+//! Winograd's F(2×2, 3×3) instead ([`winograd`], `Geometry::winograd`).
 
 use std::mem::MaybeUninit;
 

@@ -149,7 +149,7 @@ fn wide(len: usize) -> usize {
     len.next_multiple_of(LANES)
 }
 
-/// out[t] = f(inputs[0][t], …, inputs[N − 1][t]) for every t of `out` (each input at least
+/// `out[t] = f(inputs[0][t], …, inputs[N − 1][t])` for every t of `out` (each input at least
 /// as long), [`LANES`] at a time, so that the loop vectorises into whole registers; a
 /// remainder, if any, runs one by one.
 #[inline(always)]
@@ -172,7 +172,7 @@ fn zip_map<T: Element, const N: usize>(out: &mut [T], inputs: [&[T]; N], f: impl
     }
 }
 
-/// even[k] = src[2k] and odd[k] = src[2k + 1], for every element of src (by permutes in
+/// `even[k] = src[2k]` and `odd[k] = src[2k + 1]`, for every element of src (by permutes in
 /// registers with AVX-512, which the compiler does not find on its own).
 #[inline(always)]
 fn deinterleave<T: Element>(src: &[T], even: &mut [T], odd: &mut [T]) {
@@ -194,7 +194,7 @@ fn deinterleave<T: Element>(src: &[T], even: &mut [T], odd: &mut [T]) {
     }
 }
 
-/// dst[2k] = even[k] and dst[2k + 1] = odd[k], for every element of dst (by permutes with
+/// `dst[2k] = even[k]` and `dst[2k + 1] = odd[k]`, for every element of dst (by permutes with
 /// AVX-512, as [`deinterleave`]).
 #[inline(always)]
 fn interleave<T: Element>(even: &[T], odd: &[T], dst: &mut [MaybeUninit<T>]) {
