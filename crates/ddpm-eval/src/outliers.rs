@@ -64,8 +64,9 @@ fn outlier(kind: usize, side: usize, rng: &mut NoiseRng) -> Vec<f32> {
     }
 }
 
-/// `n` synthetic outlier images (n, 1, side, side) in [−1, 1], the four kinds of
-/// [`outlier`] in turn.
+/// `n` synthetic outlier images (n, 1, side, side) in [−1, 1], four kinds in turn: uniform
+/// noise, Gaussian noise of random σ, smooth noise (a 7×7 grid interpolated), and a
+/// constant plus a little noise.
 pub fn synthetic_outliers(
     n: usize,
     side: usize,
