@@ -253,7 +253,9 @@ fn profile_report(
             kernel = e.kernel,
             shape = %e.shape,
             ms_per_step = per_step(e.seconds),
-            calls_per_step = e.calls / reps.max(1), calls = e.calls, ms_per_call = e.seconds * 1e3 / e.calls.max(1) as f64,
+            calls_per_step = e.calls / reps.max(1),
+            calls = e.calls,
+            ms_per_call = e.seconds * 1e3 / e.calls.max(1) as f64,
             "profile"
         );
     }

@@ -120,9 +120,10 @@ impl Geometry {
     /// 14×14, at least 16 input and output channels, and at least one sample per thread (its
     /// work is split over the samples). Measured call by call in the training and sampling
     /// steps at batch 64 against the unfolding: 14–29% less time at 28×28, −24% to +14% at
-    /// 14×14 (a gain overall), but 45–65% more at 7×7, where a third of each 4×4 tile hangs
-    /// over the image and the transforms cost more than the products save. (The weight
-    /// gradient by the same algorithm was not faster, and was not kept.)
+    /// 14×14 (a gain overall), but 18–65% more at 7×7, where the tiles cover 8×10 pixels
+    /// (the edge tiles hang over the image, and each tile row has a spare tile): 63% more
+    /// products than outputs. (The weight gradient by the same algorithm was not faster, and
+    /// was not kept.)
     fn winograd(&self) -> Option<Shape3x3> {
         let fits = self.kh == 3
             && self.kw == 3
