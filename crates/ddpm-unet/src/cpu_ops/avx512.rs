@@ -15,10 +15,10 @@ pub(super) fn available() -> bool {
     simd_level() == SimdLevel::Avx512
 }
 
-/// The lanes of a 16-lane register that hold the first `len` (< 16) elements.
+/// The lanes of a 16-lane register that hold the first `len` (≤ 16) elements.
 #[inline(always)]
 fn tail_mask(len: usize) -> __mmask16 {
-    debug_assert!(len < 16);
+    debug_assert!(len <= 16);
     ((1u32 << len) - 1) as __mmask16
 }
 
@@ -350,13 +350,6 @@ pub(super) unsafe fn group_norm_backward_block(
     sums
 }
 
-/// The lanes of a 16-lane register that hold the first `len` (≤ 16) elements.
-#[inline(always)]
-fn lanes_mask(len: usize) -> __mmask16 {
-    debug_assert!(len <= 16);
-    ((1u32 << len) - 1) as __mmask16
-}
-
 /// `even[k] = src[2k]` and `odd[k] = src[2k + 1]` for every element of src, 32 at a time by
 /// two permutes (`vpermt2ps`) of two loads; the last 32 with masked loads and stores.
 ///
@@ -375,9 +368,9 @@ pub(super) unsafe fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]
         // masked-off lane is never accessed.
         let (a, b) = unsafe {
             (
-                _mm512_maskz_loadu_ps(lanes_mask(n.min(16)), src.as_ptr().add(i)),
+                _mm512_maskz_loadu_ps(tail_mask(n.min(16)), src.as_ptr().add(i)),
                 _mm512_maskz_loadu_ps(
-                    lanes_mask(n.saturating_sub(16)),
+                    tail_mask(n.saturating_sub(16)),
                     src.as_ptr().wrapping_add(i + 16),
                 ),
             )
@@ -387,8 +380,8 @@ pub(super) unsafe fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]
             _mm512_permutex2var_ps(a, odd_lanes, b),
         );
         unsafe {
-            _mm512_mask_storeu_ps(even.as_mut_ptr().add(i / 2), lanes_mask(n.div_ceil(2)), e);
-            _mm512_mask_storeu_ps(odd.as_mut_ptr().wrapping_add(i / 2), lanes_mask(n / 2), o);
+            _mm512_mask_storeu_ps(even.as_mut_ptr().add(i / 2), tail_mask(n.div_ceil(2)), e);
+            _mm512_mask_storeu_ps(odd.as_mut_ptr().wrapping_add(i / 2), tail_mask(n / 2), o);
         }
     }
 }
@@ -409,20 +402,20 @@ pub(super) unsafe fn interleave(even: &[f32], odd: &[f32], dst: &mut [std::mem::
         // SAFETY: as in `deinterleave`, with the roles of the slices swapped.
         let (e, o) = unsafe {
             (
-                _mm512_maskz_loadu_ps(lanes_mask(n.div_ceil(2)), even.as_ptr().add(i / 2)),
-                _mm512_maskz_loadu_ps(lanes_mask(n / 2), odd.as_ptr().wrapping_add(i / 2)),
+                _mm512_maskz_loadu_ps(tail_mask(n.div_ceil(2)), even.as_ptr().add(i / 2)),
+                _mm512_maskz_loadu_ps(tail_mask(n / 2), odd.as_ptr().wrapping_add(i / 2)),
             )
         };
         let dst = dst.as_mut_ptr().cast::<f32>();
         unsafe {
             _mm512_mask_storeu_ps(
                 dst.add(i),
-                lanes_mask(n.min(16)),
+                tail_mask(n.min(16)),
                 _mm512_permutex2var_ps(e, low, o),
             );
             _mm512_mask_storeu_ps(
                 dst.wrapping_add(i + 16),
-                lanes_mask(n.saturating_sub(16)),
+                tail_mask(n.saturating_sub(16)),
                 _mm512_permutex2var_ps(e, high, o),
             );
         }
