@@ -479,7 +479,9 @@ fn channels_first_attention_matches_candle_and_finite_differences() {
 /// Multi-head attention on Q, K, V packed in one (B, 3·heads·d, N) tensor: each head against
 /// softmax(s·Q_hᵀ·K_h)·V_hᵀ composed of candle's ops on the unpacked heads, forward and
 /// backward (f32), and against finite differences (f64). Several samples and heads catch a
-/// head or a part (q, k, v) read from or written to the wrong place.
+/// head or a part (q, k, v) read from or written to the wrong place; the last case has the
+/// model's heads of 32 channels, and 37 tokens: a block of two 16-lane vectors of queries,
+/// then a partial one, and keys past the kernels' 6-key steps.
 #[test]
 fn packed_qkv_attention_matches_candle_and_finite_differences() {
     use ddpm_unet::cpu_ops::attention_qkv;
@@ -487,6 +489,7 @@ fn packed_qkv_attention_matches_candle_and_finite_differences() {
         ([2usize, 3, 4, 7], 0.5),
         ([3, 2, 3, 19], 0.3),
         ([1, 1, 2, 1], 1.0),
+        ([2, 2, 32, 37], 0.18),
     ]
     .into_iter()
     .enumerate()

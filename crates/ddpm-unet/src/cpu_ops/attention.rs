@@ -1,6 +1,7 @@
 //! Scaled dot-product attention, O = softmax(s·Q·Kᵀ)·V, per (sample, head) in parallel, each
-//! with single-threaded gemms; the N×N weights are recomputed in the backward pass instead of
-//! stored (as FlashAttention does), so the op holds no (G, N, N) tensor between passes.
+//! single-threaded on its weights stored transposed ([`attention_kernels`]); the N×N weights
+//! are recomputed in the backward pass instead of stored (as FlashAttention does), so the op
+//! holds no (G, N, N) tensor between passes.
 //!
 //! The kernel takes Q, K and V packed channels first in one (B, 3·heads·d, N) tensor, the
 //! output of a single 1×1 convolution for the three projections, and its backward writes
@@ -11,12 +12,10 @@
 //! dV = Pᵀ·dO, dP = dO·Vᵀ, dS = s·P ⊙ (dP − rowsum(dP ⊙ P)), dQ = dS·K, dK = dSᵀ·Q.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::conv2d::matmul;
+use super::attention_kernels;
 use super::element::{contiguous, dispatch, with_scratch, Element};
-use super::softmax::{softmax_row, softmax_row_backward};
 
 /// The shapes of one attention: Q, K and V packed channels first in one (B, 3·heads·d, N)
 /// tensor, the layout of a 1×1 convolution's output with the q, k and v channels stacked,
@@ -66,58 +65,6 @@ impl Geometry {
     }
 }
 
-/// (row, column) strides of a head's N×d matrix stored d×N (channels first).
-fn tokens(g: &Geometry) -> (usize, usize) {
-    (1, g.n)
-}
-/// (row, column) strides of its d×N transpose.
-fn tokens_t(g: &Geometry) -> (usize, usize) {
-    (g.n, 1)
-}
-
-/// dst (an N×d matrix stored d×N) = A (N×k) · B (k×d), computed as dstᵀ = Bᵀ·Aᵀ.
-fn into_tokens<T: Element>(
-    g: &Geometry,
-    dst: &mut [T],
-    k: usize,
-    a: (&[T], (usize, usize)),
-    b: (&[T], (usize, usize)),
-) {
-    let ((a, (a_rs, a_cs)), (b, (b_rs, b_cs))) = (a, b);
-    matmul(
-        g.d,
-        g.n,
-        k,
-        dst,
-        false,
-        b,
-        (b_cs, b_rs),
-        a,
-        (a_cs, a_rs),
-        Parallelism::None,
-    );
-}
-
-/// P = softmax(s·Q·Kᵀ) into `p` (N×N).
-fn weights<T: Element>(g: &Geometry, q: &[T], k: &[T], scale: f64, p: &mut [T]) {
-    let (n, d) = (g.n, g.d);
-    matmul(
-        n,
-        n,
-        d,
-        p,
-        false,
-        q,
-        tokens(g),
-        k,
-        tokens_t(g),
-        Parallelism::None,
-    );
-    for row in p.chunks_mut(n) {
-        softmax_row(row, scale);
-    }
-}
-
 /// Head h's Q, K and V within one sample's packed (3·heads·d, N) block.
 fn head<'a, T>(g: &Geometry, sample: &'a [T], h: usize) -> (&'a [T], &'a [T], &'a [T]) {
     let (size, per) = (g.size(), g.per_sample());
@@ -125,17 +72,23 @@ fn head<'a, T>(g: &Geometry, sample: &'a [T], h: usize) -> (&'a [T], &'a [T], &'
     (at(0), at(1), at(2))
 }
 
+/// Pᵀ = softmax(s·Q·Kᵀ)ᵀ into `pt` (N rows of `ld`, see [`attention_kernels`]).
+fn weights_t<T: Element>(g: &Geometry, q: &[T], k: &[T], scale: f64, pt: &mut [T], ld: usize) {
+    attention_kernels::scores_t(g.n, g.d, q, k, pt, ld);
+    attention_kernels::softmax_columns(pt, g.n, ld, scale);
+}
+
 fn forward<T: Element>(g: &Geometry, qkv: &[T], scale: f64) -> Vec<T> {
-    let (n, size) = (g.n, g.size());
+    let (n, size, ld) = (g.n, g.size(), attention_kernels::leading(g.n));
     let mut out = vec![T::ZERO; g.batch * g.per_sample()];
-    // The weights P live in this thread's reused scratch (`weights` writes all of it).
+    // The weights live in this thread's reused scratch (`weights_t` writes all of it).
     out.par_chunks_mut(size).enumerate().for_each(|(i, o)| {
         let (b, h) = (i / g.heads, i % g.heads);
         let (q, k, v) = head(g, &qkv[b * 3 * g.per_sample()..], h);
-        with_scratch(n * n, |p| {
-            weights(g, q, k, scale, p);
+        with_scratch(n * ld, |pt| {
+            weights_t(g, q, k, scale, pt, ld);
             // O = P·V.
-            into_tokens(g, o, n, (p, (n, 1)), (v, tokens(g)));
+            attention_kernels::mix(n, g.d, pt, ld, v, o);
         })
     });
     out
@@ -144,6 +97,7 @@ fn forward<T: Element>(g: &Geometry, qkv: &[T], scale: f64) -> Vec<T> {
 /// ∂L/∂(Q, K, V), packed like the input.
 fn backward<T: Element>(g: &Geometry, qkv: &[T], grad: &[T], scale: f64) -> Vec<T> {
     let (n, d, size, per) = (g.n, g.d, g.size(), g.per_sample());
+    let ld = attention_kernels::leading(n);
     let mut packed = vec![T::ZERO; g.batch * 3 * per];
     packed
         .par_chunks_mut(3 * per)
@@ -160,32 +114,22 @@ fn backward<T: Element>(g: &Geometry, qkv: &[T], grad: &[T], scale: f64) -> Vec<
             {
                 let (q_i, k_i, v_i) = head(g, sample, h);
                 let do_i = &do_sample[h * size..][..size];
-                // P and dP in this thread's reused scratch; both are written before they
-                // are read.
-                with_scratch(2 * n * n, |scratch| {
-                    let (p, dp) = scratch.split_at_mut(n * n);
-                    weights(g, q_i, k_i, scale, p);
-                    // dV = Pᵀ·dO; dP = dO·Vᵀ.
-                    into_tokens(g, dv_i, n, (p, (1, n)), (do_i, tokens(g)));
-                    matmul(
-                        n,
-                        n,
-                        d,
-                        dp,
-                        false,
-                        do_i,
-                        tokens(g),
-                        v_i,
-                        tokens_t(g),
-                        Parallelism::None,
-                    );
-                    // dS = s·P ⊙ (dP − rowsum(dP ⊙ P)), in place of dP.
-                    for (dp_row, p_row) in dp.chunks_mut(n).zip(p.chunks(n)) {
-                        softmax_row_backward(dp_row, p_row, scale);
-                    }
-                    // dQ = dS·K; dK = dSᵀ·Q.
-                    into_tokens(g, dq_i, n, (dp, (n, 1)), (k_i, tokens(g)));
-                    into_tokens(g, dk_i, n, (dp, (1, n)), (q_i, tokens(g)));
+                // Pᵀ, dPᵀ (then dSᵀ) and one of P or dS by rows, in this thread's reused
+                // scratch; each is written before it is read.
+                with_scratch(3 * n * ld, |scratch| {
+                    let (pt, rest) = scratch.split_at_mut(n * ld);
+                    let (dpt, rows) = rest.split_at_mut(n * ld);
+                    weights_t(g, q_i, k_i, scale, pt, ld);
+                    // dV = Pᵀ·dO, i.e. dVᵀ (channels first) from P by rows.
+                    attention_kernels::transpose(pt, rows, n, ld);
+                    attention_kernels::mix(n, d, rows, ld, do_i, dv_i);
+                    // dPᵀ = (dO·Vᵀ)ᵀ, then dSᵀ = (s·P ⊙ (dP − rowsum(dP ⊙ P)))ᵀ in place.
+                    attention_kernels::scores_t(n, d, do_i, v_i, dpt, ld);
+                    attention_kernels::softmax_columns_backward(dpt, pt, n, ld, scale);
+                    // dQ = dS·K; dK = dSᵀ·Q from dS by rows.
+                    attention_kernels::mix(n, d, dpt, ld, k_i, dq_i);
+                    attention_kernels::transpose(dpt, rows, n, ld);
+                    attention_kernels::mix(n, d, rows, ld, q_i, dk_i);
                 })
             }
         });

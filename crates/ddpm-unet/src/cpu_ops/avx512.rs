@@ -17,7 +17,7 @@ pub(super) fn available() -> bool {
 
 /// The lanes of a 16-lane register that hold the first `len` (≤ 16) elements.
 #[inline(always)]
-fn tail_mask(len: usize) -> __mmask16 {
+pub(super) fn tail_mask(len: usize) -> __mmask16 {
     debug_assert!(len <= 16);
     ((1u32 << len) - 1) as __mmask16
 }
@@ -27,7 +27,7 @@ fn tail_mask(len: usize) -> __mmask16 {
 /// multiply-adds, and 2^n applied by `vscalefps`. Inputs are clamped to [−87, 88].
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn exp16(x: __m512) -> __m512 {
+pub(super) fn exp16(x: __m512) -> __m512 {
     let x = _mm512_min_ps(
         _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
         _mm512_set1_ps(88.0),

@@ -480,16 +480,46 @@ pub(super) fn matmul<T: Element>(
     dst: &mut [T],
     accumulate: bool,
     lhs: &[T],
+    lhs_strides: (usize, usize),
+    rhs: &[T],
+    rhs_strides: (usize, usize),
+    parallelism: Parallelism,
+) {
+    matmul_strided(
+        m,
+        n,
+        k,
+        (dst, n),
+        accumulate,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+        parallelism,
+    )
+}
+
+/// [`matmul`] into a destination whose rows are `dst_rs` (≥ n) elements apart.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul_strided<T: Element>(
+    m: usize,
+    n: usize,
+    k: usize,
+    (dst, dst_rs): (&mut [T], usize),
+    accumulate: bool,
+    lhs: &[T],
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: &[T],
     (rhs_rs, rhs_cs): (usize, usize),
     parallelism: Parallelism,
 ) {
-    debug_assert!(dst.len() >= m * n);
+    assert!(dst_rs >= n);
+    assert!(m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n);
     debug_assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
     debug_assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the slices cover every element the strides address (checked above in debug
-    // builds, and by construction of the callers' shapes), and dst does not alias lhs/rhs.
+    // SAFETY: the slices cover every element the strides address (dst's checked above,
+    // the operands' in debug builds and by construction of the callers' shapes), and dst
+    // does not alias lhs/rhs.
     unsafe {
         gemm::gemm(
             m,
@@ -497,7 +527,7 @@ pub(super) fn matmul<T: Element>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.as_ptr(),
             lhs_cs as isize,

@@ -12,6 +12,7 @@
 //! differences (`tests/cpu_ops.rs`).
 
 mod attention;
+mod attention_kernels;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod conv2d;
