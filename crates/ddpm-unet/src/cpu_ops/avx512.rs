@@ -7,6 +7,7 @@
 //! the CPU features that check confirms.
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use super::simd::{simd_level, SimdLevel};
 
@@ -241,7 +242,7 @@ fn moments(x: &[f32], eps: f64) -> (f64, f64) {
 /// channels, and γ and β hold at least that many.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn group_norm_forward_block(
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     x: &[f32],
     pixels: usize,
     (gamma, beta): (&[f32], &[f32]),
@@ -255,8 +256,9 @@ pub(super) unsafe fn group_norm_forward_block(
         let a = f64::from(gamma[c]) * rstd;
         let b = f64::from(beta[c]) - mean * a;
         let (a, b) = (_mm512_set1_ps(a as f32), _mm512_set1_ps(b as f32));
-        let (xp, yp) = (x_c.as_ptr(), y_c.as_mut_ptr());
-        // SAFETY: `blocks16` yields lanes inside the channel's rows of x and y.
+        let (xp, yp) = (x_c.as_ptr(), y_c.as_mut_ptr().cast::<f32>());
+        // SAFETY: `blocks16` yields lanes inside the channel's rows of x and y (which is
+        // only written).
         blocks16(pixels, |i, m| {
             let z = _mm512_fmadd_ps(a, unsafe { load(xp, i, m) }, b);
             let v = if silu {
@@ -278,7 +280,7 @@ pub(super) unsafe fn group_norm_forward_block(
 /// As [`group_norm_forward_block`], with `dx` and `dy` as long as `x`.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn group_norm_backward_block(
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     x: &[f32],
     dy: &[f32],
     pixels: usize,
@@ -302,7 +304,7 @@ pub(super) unsafe fn group_norm_backward_block(
             (
                 x.as_ptr().add(at),
                 dy.as_ptr().add(at),
-                dx.as_mut_ptr().add(at),
+                dx.as_mut_ptr().add(at).cast::<f32>(),
             )
         };
         let (mut acc_dz, mut acc_dz_x) = (_mm512_setzero_ps(), _mm512_setzero_ps());
@@ -339,8 +341,9 @@ pub(super) unsafe fn group_norm_backward_block(
     let cst = _mm512_set1_ps((-rstd * mean_d + rstd * rstd * mean * mean_dxhat) as f32);
     for ((dx_c, x_c), &gm) in dx.chunks_mut(pixels).zip(x.chunks(pixels)).zip(gamma) {
         let a = _mm512_set1_ps((rstd * f64::from(gm)) as f32);
-        let (xp, dxp) = (x_c.as_ptr(), dx_c.as_mut_ptr());
-        // SAFETY: `blocks16` yields lanes inside the channel's rows.
+        let (xp, dxp) = (x_c.as_ptr(), dx_c.as_mut_ptr().cast::<f32>());
+        // SAFETY: `blocks16` yields lanes inside the channel's rows, whose dz the first
+        // pass wrote.
         blocks16(pixels, |i, mask| {
             let (xv, dz) = unsafe { (load(xp, i, mask), load(dxp, i, mask)) };
             let v = _mm512_fmadd_ps(a, dz, _mm512_fmadd_ps(b, xv, cst));

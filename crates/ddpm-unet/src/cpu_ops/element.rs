@@ -48,6 +48,14 @@ thread_local! {
     static SCRATCH_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Sets every element of `xs` to zero and returns the slice as initialised values (for the
+/// generic fallbacks of kernels that write into uninitialised output).
+pub(crate) fn zeroed<T: Element>(xs: &mut [MaybeUninit<T>]) -> &mut [T] {
+    xs.fill(MaybeUninit::new(T::ZERO));
+    // SAFETY: every element was just initialised, and MaybeUninit<T> has T's layout.
+    unsafe { &mut *(xs as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
 /// Runs `f` on `len` elements of this thread's scratch buffer, which persists between
 /// calls, so that large per-task buffers are not allocated, zeroed and page-faulted in on
 /// every call. The elements hold whatever the last user left: `f` must write before it

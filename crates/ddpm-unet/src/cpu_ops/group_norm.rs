@@ -65,8 +65,11 @@ fn forward<T: Element>(
     eps: f64,
     silu: bool,
 ) -> Vec<T> {
-    let mut y = vec![T::ZERO; x.len()];
-    y.par_chunks_mut(g.block())
+    // Written block by block into uninitialised capacity: a zeroed vector would cost one
+    // more pass over the output.
+    let mut y = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(g.block())
         .zip(x.par_chunks(g.block()))
         .enumerate()
         .for_each(|(index, (y_b, x_b))| {
@@ -75,7 +78,7 @@ fn forward<T: Element>(
             #[cfg(target_arch = "x86_64")]
             if super::avx512::available() {
                 if let (Some(y), Some(x), Some(gm), Some(bt)) = (
-                    T::as_f32_mut(y_b),
+                    T::as_f32_uninit(y_b),
                     T::as_f32(x_b),
                     T::as_f32(gamma),
                     T::as_f32(beta),
@@ -88,8 +91,10 @@ fn forward<T: Element>(
                     return;
                 }
             }
-            forward_block(g, y_b, x_b, gamma, beta, eps, silu);
+            forward_block(g, element::zeroed(y_b), x_b, gamma, beta, eps, silu);
         });
+    // SAFETY: each block wrote all of its elements, the kernel every lane of every channel.
+    unsafe { y.set_len(x.len()) };
     y
 }
 
@@ -139,10 +144,12 @@ fn backward<T: Element>(
     eps: f64,
     silu: bool,
 ) -> Vec<T> {
-    let mut dx = vec![T::ZERO; x.len() + 2 * g.channels];
+    // Uninitialised, as in the forward; ∂L/∂γ and ∂L/∂β are written last.
+    let n = x.len();
+    let mut dx = Vec::with_capacity(n + 2 * g.channels);
     let cg = g.per_group();
     // Per block: ∂L/∂γ and ∂L/∂β of its channels.
-    let partials: Vec<Vec<f64>> = dx[..x.len()]
+    let partials: Vec<Vec<f64>> = dx.spare_capacity_mut()[..n]
         .par_chunks_mut(g.block())
         .zip(x.par_chunks(g.block()).zip(dy.par_chunks(g.block())))
         .enumerate()
@@ -152,7 +159,7 @@ fn backward<T: Element>(
             #[cfg(target_arch = "x86_64")]
             if super::avx512::available() {
                 if let (Some(dx), Some(x), Some(dy), Some(gm), Some(bt)) = (
-                    T::as_f32_mut(dx_b),
+                    T::as_f32_uninit(dx_b),
                     T::as_f32(x_b),
                     T::as_f32(dy_b),
                     T::as_f32(gamma),
@@ -172,7 +179,7 @@ fn backward<T: Element>(
                     };
                 }
             }
-            backward_block(g, dx_b, x_b, dy_b, gamma, beta, eps, silu)
+            backward_block(g, element::zeroed(dx_b), x_b, dy_b, gamma, beta, eps, silu)
         })
         .collect();
     let mut dgamma = vec![0.0f64; g.channels];
@@ -184,11 +191,14 @@ fn backward<T: Element>(
             dbeta[first + c] += sums[cg + c];
         }
     }
-    let n = x.len();
+    let params = &mut dx.spare_capacity_mut()[n..n + 2 * g.channels];
     for (i, (gm, bt)) in dgamma.into_iter().zip(dbeta).enumerate() {
-        dx[n + i] = T::from_f64(gm);
-        dx[n + g.channels + i] = T::from_f64(bt);
+        params[i].write(T::from_f64(gm));
+        params[g.channels + i].write(T::from_f64(bt));
     }
+    // SAFETY: the blocks wrote ∂L/∂x, all of it (as in the forward), and the loop above
+    // the 2·C parameter gradients.
+    unsafe { dx.set_len(n + 2 * g.channels) };
     dx
 }
 
@@ -452,6 +462,13 @@ mod tests {
         }
     }
 
+    /// `xs` as the kernels' output type.
+    #[cfg(target_arch = "x86_64")]
+    fn as_uninit(xs: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+        // SAFETY: MaybeUninit<f32> has f32's layout, and the kernels write only f32 values.
+        unsafe { &mut *(xs as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
+    }
+
     /// The AVX-512 intrinsics blocks against the generic ones in f64 (an independent
     /// summation order and polynomial, so to a tolerance): channels of 37 pixels (two full
     /// 16-lane blocks and a tail), 16 (no tail) and 5 (only a tail).
@@ -490,7 +507,7 @@ mod tests {
                 // SAFETY: AVX-512F is available (checked above); one block of whole channels.
                 unsafe {
                     crate::cpu_ops::avx512::group_norm_forward_block(
-                        &mut ours,
+                        as_uninit(&mut ours),
                         &x32,
                         pixels,
                         (&gamma32, &beta32),
@@ -507,7 +524,7 @@ mod tests {
                 // SAFETY: as above, with dx and dy as long as x.
                 let sums = unsafe {
                     crate::cpu_ops::avx512::group_norm_backward_block(
-                        &mut ours,
+                        as_uninit(&mut ours),
                         &x32,
                         &dy32,
                         pixels,
