@@ -117,9 +117,15 @@ impl AdamW {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            let g = g.to_dtype(slot.m.dtype())?;
-            slot.m = ((&slot.m * beta1)? + (&g * (1.0 - beta1))?)?;
-            slot.v = ((&slot.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+            // Detached: candle's backward detaches the gradients of intermediate tensors but
+            // not those of variables, which stay attached to the graph that computed them
+            // (with candle's own ops, e.g. ∂L/∂γ = Σ dy·x̂ holds x̂ and all before it). A
+            // moment computed from one would hold that step's whole forward pass, and the
+            // next step's moment this one: every step's activations, which ran f32 training
+            // on a GPU out of memory in 7 to 28 steps.
+            let g = g.detach().to_dtype(slot.m.dtype())?;
+            slot.m = ((&slot.m * beta1)? + (&g * (1.0 - beta1))?)?.detach();
+            slot.v = ((&slot.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?.detach();
             let m_hat = (&slot.m / c1)?;
             let v_hat = (&slot.v / c2)?;
             let decayed = (slot.var.as_tensor() * (1.0 - lr * weight_decay))?;

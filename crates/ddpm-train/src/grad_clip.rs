@@ -23,7 +23,9 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
     if coef < 1.0 {
         for var in vars {
             if let Some(g) = grads.get(var.as_tensor()) {
-                let scaled = (g * coef)?;
+                // Detached, as AdamW's moments (see there): the variables' gradients can be
+                // attached to the forward graph.
+                let scaled = (g.detach() * coef)?;
                 grads.insert(var.as_tensor(), scaled);
             }
         }
