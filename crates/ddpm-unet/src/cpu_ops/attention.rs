@@ -80,17 +80,24 @@ fn weights_t<T: Element>(g: &Geometry, q: &[T], k: &[T], scale: f64, pt: &mut [T
 
 fn forward<T: Element>(g: &Geometry, qkv: &[T], scale: f64) -> Vec<T> {
     let (n, size, ld) = (g.n, g.size(), attention_kernels::leading(g.n));
-    let mut out = vec![T::ZERO; g.batch * g.per_sample()];
+    // Written head by head into uninitialised capacity (`mix` writes all of each head's O).
+    let len = g.batch * g.per_sample();
+    let mut out = Vec::with_capacity(len);
     // The weights live in this thread's reused scratch (`weights_t` writes all of it).
-    out.par_chunks_mut(size).enumerate().for_each(|(i, o)| {
-        let (b, h) = (i / g.heads, i % g.heads);
-        let (q, k, v) = head(g, &qkv[b * 3 * g.per_sample()..], h);
-        with_scratch(n * ld, |pt| {
-            weights_t(g, q, k, scale, pt, ld);
-            // O = P·V.
-            attention_kernels::mix(n, g.d, pt, ld, v, o);
-        })
-    });
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(size)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let (b, h) = (i / g.heads, i % g.heads);
+            let (q, k, v) = head(g, &qkv[b * 3 * g.per_sample()..], h);
+            with_scratch(n * ld, |pt| {
+                weights_t(g, q, k, scale, pt, ld);
+                // O = P·V.
+                attention_kernels::mix(n, g.d, pt, ld, v, o);
+            })
+        });
+    // SAFETY: every head's O was written by `mix`.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -98,8 +105,10 @@ fn forward<T: Element>(g: &Geometry, qkv: &[T], scale: f64) -> Vec<T> {
 fn backward<T: Element>(g: &Geometry, qkv: &[T], grad: &[T], scale: f64) -> Vec<T> {
     let (n, d, size, per) = (g.n, g.d, g.size(), g.per_sample());
     let ld = attention_kernels::leading(n);
-    let mut packed = vec![T::ZERO; g.batch * 3 * per];
-    packed
+    // Uninitialised, as in the forward: `mix` writes all of each head's dQ, dK and dV.
+    let len = g.batch * 3 * per;
+    let mut packed = Vec::with_capacity(len);
+    packed.spare_capacity_mut()[..len]
         .par_chunks_mut(3 * per)
         .zip(qkv.par_chunks(3 * per))
         .zip(grad.par_chunks(per))
@@ -133,6 +142,8 @@ fn backward<T: Element>(g: &Geometry, qkv: &[T], grad: &[T], scale: f64) -> Vec<
                 })
             }
         });
+    // SAFETY: every head's dQ, dK and dV was written by `mix`.
+    unsafe { packed.set_len(len) };
     packed
 }
 

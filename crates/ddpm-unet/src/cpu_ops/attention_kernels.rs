@@ -15,10 +15,12 @@
 //! was a scalar loop as costly as the products); other types and CPUs take gemm and plain
 //! loops.
 
+use std::mem::MaybeUninit;
+
 use gemm::Parallelism;
 
 use super::conv2d::{matmul, matmul_strided};
-use super::element::Element;
+use super::element::{self, Element};
 
 /// The row stride of transposed weights for `n` tokens: n rounded up to whole 16-lane
 /// vectors, so that a row's last vector stays inside it.
@@ -55,12 +57,21 @@ pub(super) fn scores_t<T: Element>(n: usize, d: usize, a: &[T], b: &[T], wt: &mu
 }
 
 /// `out[c·n + i]` = Σ_j wt[j·ld + i]·x[c·n + j] for i < n, c < d: W·X for W (N×N) given
-/// transposed and X (N×d) channels first, written channels first.
-pub(super) fn mix<T: Element>(n: usize, d: usize, wt: &[T], ld: usize, x: &[T], out: &mut [T]) {
+/// transposed and X (N×d) channels first, written channels first into `out`, which may be
+/// uninitialised (all of its first n·d elements are written).
+pub(super) fn mix<T: Element>(
+    n: usize,
+    d: usize,
+    wt: &[T],
+    ld: usize,
+    x: &[T],
+    out: &mut [MaybeUninit<T>],
+) {
     assert!(x.len() >= n * d && out.len() >= n * d && ld >= leading(n) && wt.len() >= n * ld);
     #[cfg(target_arch = "x86_64")]
     if super::avx512::available() {
-        if let (Some(wt), Some(x), Some(out)) = (T::as_f32(wt), T::as_f32(x), T::as_f32_mut(out)) {
+        if let (Some(wt), Some(x), Some(out)) = (T::as_f32(wt), T::as_f32(x), T::as_f32_uninit(out))
+        {
             // SAFETY: `available` confirmed AVX-512F; the lengths are asserted above.
             unsafe { kernels::mix(n, d, wt, ld, x, out) };
             return;
@@ -71,7 +82,7 @@ pub(super) fn mix<T: Element>(n: usize, d: usize, wt: &[T], ld: usize, x: &[T], 
         d,
         n,
         n,
-        out,
+        element::zeroed(&mut out[..n * d]),
         false,
         x,
         (n, 1),
@@ -188,6 +199,7 @@ mod kernels {
     //! V·J accumulators in registers, as in a gemm microkernel.
 
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use super::super::avx512::{exp16, tail_mask};
 
@@ -348,9 +360,9 @@ mod kernels {
         wt: &[f32],
         ld: usize,
         x: &[f32],
-        out: &mut [f32],
+        out: &mut [MaybeUninit<f32>],
     ) {
-        let (wt, x, out) = (wt.as_ptr(), x.as_ptr(), out.as_mut_ptr());
+        let (wt, x, out) = (wt.as_ptr(), x.as_ptr(), out.as_mut_ptr().cast::<f32>());
         let full = d / CHANNELS * CHANNELS;
         // SAFETY (both blocks): the caller's contract, as in `scores_t`.
         query_blocks(
@@ -595,9 +607,14 @@ mod tests {
             }
             let pt: Vec<f64> = (0..n * ld).map(|e| back(&wt, e)).collect();
 
-            // O = P·X.
-            let mut out = vec![T::ZERO; n * d];
+            // O = P·X, over stale values.
+            let mut out = vec![MaybeUninit::new(T::from_f64(7.0)); n * d];
             mix(n, d, &wt, ld, &cast(&x), &mut out);
+            // SAFETY: initialised above (and overwritten by `mix`).
+            let out: Vec<T> = out
+                .into_iter()
+                .map(|v| unsafe { v.assume_init() })
+                .collect();
             for c in 0..d {
                 for i in 0..n {
                     let want: f64 = (0..n).map(|j| pt[j * ld + i] * x[c * n + j]).sum();
