@@ -84,6 +84,64 @@ fn adamw_state_restores_exactly() {
     assert!(err.to_string().contains("missing m.w"), "{err}");
 }
 
+/// The moments of all variables live in two flat vectors: a variable without a gradient
+/// keeps its value and its moments (PyTorch skips it), and the others step exactly as they
+/// would alone.
+#[test]
+fn adamw_leaves_a_variable_without_gradient_alone() {
+    let config = AdamWConfig {
+        weight_decay: 0.01,
+        ..AdamWConfig::default()
+    };
+    let (a, b, alone) = (var(&[0.5, 1.5]), var(&[-1.0, 2.0, 3.0]), var(&[0.5, 1.5]));
+    let mut opt = AdamW::new(
+        HashMap::from([("a".to_string(), a.clone()), ("b".to_string(), b.clone())]),
+        config,
+    )
+    .unwrap();
+    let mut opt_alone =
+        AdamW::new(HashMap::from([("a".to_string(), alone.clone())]), config).unwrap();
+    // Step 1 moves both; step 2 has no gradient for b; step 3 moves both again.
+    opt.step(
+        &grads_for(&[(&a, &[0.3, -0.7]), (&b, &[1.0, 0.5, -2.0])]),
+        0.1,
+    )
+    .unwrap();
+    opt_alone
+        .step(&grads_for(&[(&alone, &[0.3, -0.7])]), 0.1)
+        .unwrap();
+    let (b_before, state_before) = (values(&b), opt.state());
+    opt.step(&grads_for(&[(&a, &[0.1, 0.2])]), 0.1).unwrap();
+    opt_alone
+        .step(&grads_for(&[(&alone, &[0.1, 0.2])]), 0.1)
+        .unwrap();
+    assert_eq!(values(&b), b_before, "b moved without a gradient");
+    let state = opt.state();
+    for key in ["m.b", "v.b"] {
+        assert_eq!(
+            state[key].to_vec1::<f64>().unwrap(),
+            state_before[key].to_vec1::<f64>().unwrap(),
+            "{key} changed without a gradient"
+        );
+    }
+    assert_eq!(
+        values(&a),
+        values(&alone),
+        "a differs from a lone optimizer's"
+    );
+    assert_eq!(
+        state["m.a"].to_vec1::<f64>().unwrap(),
+        opt_alone.state()["m.a"].to_vec1::<f64>().unwrap()
+    );
+    assert_eq!(state["m.b"].dims(), [3]);
+    opt.step(
+        &grads_for(&[(&a, &[0.2, 0.2]), (&b, &[0.5, 0.5, 0.5])]),
+        0.1,
+    )
+    .unwrap();
+    assert_ne!(values(&b), b_before);
+}
+
 #[allow(clippy::excessive_precision)]
 #[test]
 fn clipping_matches_pytorch() {
