@@ -70,10 +70,19 @@ struct Slot {
 ///
 /// Unlike candle's `AdamW`, the moments and the step count are readable and restorable
 /// ([`AdamW::state`], [`AdamW::load_state`]), so a resumed run continues exactly.
+///
+/// Off the CPU, a step whose every variable has a gradient runs grouped: the gradients and
+/// moments concatenated into flat vectors, a dozen whole-vector ops, then two ops per
+/// variable, as PyTorch's `foreach` implementation groups its tensors. On a GPU each op is a
+/// kernel launch, and the per-variable form's 15 per variable (4,800 a step for the
+/// fashion-mnist U-Net's 320 tensors) took 40 ms of a 160 ms step on an H200. On the CPU the
+/// per-variable form is faster (each variable's ops stay in cache: 23 ms a step against
+/// 27–32 grouped). Both compute every element with the same operations.
 pub struct AdamW {
     slots: Vec<Slot>,
     config: AdamWConfig,
     steps: u64,
+    grouped: Option<bool>,
 }
 
 impl AdamW {
@@ -94,7 +103,15 @@ impl AdamW {
             slots,
             config,
             steps: 0,
+            grouped: None,
         })
+    }
+
+    /// Forces the grouped step on or off (by default: on off the CPU), e.g. to compare the
+    /// two forms.
+    pub fn with_grouped_step(mut self, grouped: bool) -> Self {
+        self.grouped = Some(grouped);
+        self
     }
 
     /// Steps taken so far.
@@ -113,6 +130,20 @@ impl AdamW {
         } = self.config;
         let k = self.steps as i32;
         let (c1, c2) = (1.0 - beta1.powi(k), 1.0 - beta2.powi(k));
+        let grouped = self.grouped.unwrap_or_else(|| {
+            self.slots
+                .first()
+                .is_some_and(|slot| !slot.var.device().is_cpu())
+        });
+        let dtype = self.slots.first().map(|slot| slot.m.dtype());
+        if grouped
+            && self.slots.iter().all(|slot| {
+                grads.get(slot.var.as_tensor()).is_some() && Some(slot.m.dtype()) == dtype
+            })
+            && !self.slots.is_empty()
+        {
+            return self.grouped_step(grads, lr, (c1, c2));
+        }
         for slot in &mut self.slots {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
@@ -131,6 +162,49 @@ impl AdamW {
             let decayed = (slot.var.as_tensor() * (1.0 - lr * weight_decay))?;
             let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
             slot.var.set(&(decayed - (update * lr)?)?)?;
+        }
+        Ok(())
+    }
+
+    /// [`step`](Self::step) over flat vectors, for a step where every variable has a
+    /// gradient; the moments become views into the new flat moments.
+    fn grouped_step(&mut self, grads: &GradStore, lr: f64, (c1, c2): (f64, f64)) -> Result<()> {
+        let AdamWConfig {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.config;
+        let flat = |part: &dyn Fn(&Slot) -> candle_core::Result<Tensor>| {
+            let parts = self
+                .slots
+                .iter()
+                .map(|slot| part(slot)?.flatten_all())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0)
+        };
+        // Detached, as in the per-variable form.
+        let g = flat(&|slot| match grads.get(slot.var.as_tensor()) {
+            Some(g) => g.detach().to_dtype(slot.m.dtype()),
+            None => candle_core::bail!("no gradient for {}", slot.name),
+        })?;
+        let m = flat(&|slot| Ok(slot.m.clone()))?;
+        let v = flat(&|slot| Ok(slot.v.clone()))?;
+        let m = ((m * beta1)? + (&g * (1.0 - beta1))?)?.detach();
+        let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?.detach();
+        let m_hat = (&m / c1)?;
+        let v_hat = (&v / c2)?;
+        let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
+        let scaled = (update * lr)?;
+        let mut offset = 0;
+        for slot in &mut self.slots {
+            let (len, shape) = (slot.var.elem_count(), slot.var.shape().clone());
+            let part = |t: &Tensor| t.narrow(0, offset, len)?.reshape(&shape);
+            let decayed = (slot.var.as_tensor() * (1.0 - lr * weight_decay))?;
+            slot.var.set(&(decayed - part(&scaled)?)?)?;
+            slot.m = part(&m)?;
+            slot.v = part(&v)?;
+            offset += len;
         }
         Ok(())
     }
