@@ -169,12 +169,7 @@ impl AdamW {
     /// [`step`](Self::step) over flat vectors, for a step where every variable has a
     /// gradient; the moments become views into the new flat moments.
     fn grouped_step(&mut self, grads: &GradStore, lr: f64, (c1, c2): (f64, f64)) -> Result<()> {
-        let AdamWConfig {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } = self.config;
+        let c = self.config;
         let flat = |part: &dyn Fn(&Slot) -> candle_core::Result<Tensor>| {
             let parts = self
                 .slots
@@ -190,17 +185,17 @@ impl AdamW {
         })?;
         let m = flat(&|slot| Ok(slot.m.clone()))?;
         let v = flat(&|slot| Ok(slot.v.clone()))?;
-        let m = ((m * beta1)? + (&g * (1.0 - beta1))?)?.detach();
-        let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?.detach();
+        let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
+        let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
         let m_hat = (&m / c1)?;
         let v_hat = (&v / c2)?;
-        let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
+        let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
         let scaled = (update * lr)?;
         let mut offset = 0;
         for slot in &mut self.slots {
             let (len, shape) = (slot.var.elem_count(), slot.var.shape().clone());
             let part = |t: &Tensor| t.narrow(0, offset, len)?.reshape(&shape);
-            let decayed = (slot.var.as_tensor() * (1.0 - lr * weight_decay))?;
+            let decayed = (slot.var.as_tensor() * (1.0 - lr * c.weight_decay))?;
             slot.var.set(&(decayed - part(&scaled)?)?)?;
             slot.m = part(&m)?;
             slot.v = part(&v)?;

@@ -532,19 +532,9 @@ mod kernels {
 mod tests {
     use super::*;
 
-    /// Deterministic values in (−2, 2).
+    /// Deterministic values in [−2, 2).
     fn values(len: usize, seed: u64) -> Vec<f64> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0
-            })
-            .collect()
+        crate::cpu_ops::test_values(len, seed, 2.0)
     }
 
     /// (n, d) cases: one token, partial and whole vectors, two-vector blocks with a

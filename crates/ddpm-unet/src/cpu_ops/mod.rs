@@ -56,3 +56,19 @@ pub(crate) fn applies_to(x: &Tensor) -> bool {
 pub(crate) fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
+
+/// Deterministic values in [−scale, scale) (a 64-bit LCG), for the kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u64, scale: f64) -> Vec<f64> {
+    let step = |s: u64| {
+        s.wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+    };
+    let mut state = step(seed);
+    (0..len)
+        .map(|_| {
+            state = step(state);
+            ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 * scale - scale
+        })
+        .collect()
+}

@@ -460,17 +460,7 @@ mod tests {
 
     /// Deterministic values in [−1, 1).
     fn values(len: usize, seed: u64) -> Vec<f64> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-            })
-            .collect()
+        crate::cpu_ops::test_values(len, seed, 1.0)
     }
 
     fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
