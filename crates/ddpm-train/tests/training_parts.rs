@@ -318,16 +318,18 @@ fn ema_averages_are_not_tracked() {
 /// candle's own ops: here ∂L/∂w = x·dy with x computed from another variable) must not attach
 /// the moments: each step's moment would hold that step's forward pass and the previous
 /// moment, every step's activations (f32 training on CUDA ran out of memory in 7 to 28
-/// steps). Checked with clipping that rescales the gradients, and without (AdamW alone).
+/// steps). Checked with clipping that rescales the gradients, and without (AdamW alone, in
+/// its per-variable and its grouped form).
 #[test]
 fn adamw_moments_and_clipped_gradients_are_not_tracked() {
-    for clip in [Some(1e-3), None] {
+    for (clip, grouped) in [(Some(1e-3), false), (None, false), (None, true)] {
         let (w, u) = (var(&[1.0, 2.0]), var(&[0.5, -1.5]));
         let mut opt = AdamW::new(
             HashMap::from([("w".to_string(), w.clone()), ("u".to_string(), u.clone())]),
             AdamWConfig::default(),
         )
-        .unwrap();
+        .unwrap()
+        .with_grouped_step(grouped);
         for step in 1..=3 {
             let x = (u.as_tensor() * 3.0).unwrap();
             let loss = (w.as_tensor() * &x)
@@ -352,7 +354,7 @@ fn adamw_moments_and_clipped_gradients_are_not_tracked() {
             for (name, moment) in opt.state() {
                 assert!(
                     !moment.track_op(),
-                    "{name} tracked after step {step}, clip {clip:?}"
+                    "{name} tracked after step {step}, clip {clip:?}, grouped {grouped}"
                 );
             }
         }
