@@ -21,6 +21,7 @@ use gemm::Parallelism;
 
 use super::conv2d::{matmul, matmul_strided};
 use super::element::{self, Element};
+use super::simd::vectorized_fn;
 
 /// The row stride of transposed weights for `n` tokens: n rounded up to whole 16-lane
 /// vectors, so that a row's last vector stays inside it.
@@ -108,28 +109,37 @@ pub(super) fn softmax_columns<T: Element>(wt: &mut [T], n: usize, ld: usize, sca
             return;
         }
     }
-    let s = T::from_f64(scale);
-    let rows = &mut wt[..n * ld];
-    let mut shift: Vec<T> = rows[..n].iter().map(|&x| s * x).collect();
-    for row in rows.chunks(ld).skip(1) {
-        for (m, &x) in shift.iter_mut().zip(row) {
-            *m = m.max(s * x);
-        }
-    }
-    let mut sum = vec![T::ZERO; n];
-    for row in rows.chunks_mut(ld) {
-        for ((x, &m), total) in row.iter_mut().zip(&shift).zip(sum.iter_mut()) {
-            *x = (s * *x - m).exp();
-            *total += *x;
-        }
-    }
-    let inv: Vec<T> = sum.iter().map(|&t| T::ONE / t).collect();
-    for row in rows.chunks_mut(ld) {
-        for (x, &r) in row.iter_mut().zip(&inv) {
-            *x = *x * r;
-        }
-    }
+    softmax_columns_vectorized(wt, n, ld, scale)
 }
+
+vectorized_fn!(
+    /// [`softmax_columns`] for any element type, through the compiler's vectorisation (the
+    /// loops over a row's queries).
+    fn softmax_columns_vectorized<T: Element>(wt: &mut [T], n: usize, ld: usize, scale: f64)
+        => softmax_columns_generic {
+        let s = T::from_f64(scale);
+        let rows = &mut wt[..n * ld];
+        let mut shift: Vec<T> = rows[..n].iter().map(|&x| s * x).collect();
+        for row in rows.chunks(ld).skip(1) {
+            for (m, &x) in shift.iter_mut().zip(row) {
+                *m = m.max(s * x);
+            }
+        }
+        let mut sum = vec![T::ZERO; n];
+        for row in rows.chunks_mut(ld) {
+            for ((x, &m), total) in row.iter_mut().zip(&shift).zip(sum.iter_mut()) {
+                *x = (s * *x - m).exp();
+                *total += *x;
+            }
+        }
+        let inv: Vec<T> = sum.iter().map(|&t| T::ONE / t).collect();
+        for row in rows.chunks_mut(ld) {
+            for (x, &r) in row.iter_mut().zip(&inv) {
+                *x = *x * r;
+            }
+        }
+    }
+);
 
 /// In place, for each query i < n: dwt[j, i] ← s·wt[j, i]·(dwt[j, i] − Σ_k dwt[k, i]·wt[k, i]),
 /// the softmax backward dS from dP, with `wt` = Pᵀ from [`softmax_columns`].
@@ -149,19 +159,33 @@ pub(super) fn softmax_columns_backward<T: Element>(
             return;
         }
     }
-    let s = T::from_f64(scale);
-    let mut dot = vec![T::ZERO; n];
-    for (drow, row) in dwt.chunks(ld).zip(wt.chunks(ld)).take(n) {
-        for ((acc, &g), &y) in dot.iter_mut().zip(drow).zip(row) {
-            *acc += g * y;
-        }
-    }
-    for (drow, row) in dwt.chunks_mut(ld).zip(wt.chunks(ld)).take(n) {
-        for ((g, &y), &t) in drow.iter_mut().zip(row).zip(&dot) {
-            *g = s * y * (*g - t);
-        }
-    }
+    softmax_columns_backward_vectorized(dwt, wt, n, ld, scale)
 }
+
+vectorized_fn!(
+    /// [`softmax_columns_backward`] for any element type, through the compiler's
+    /// vectorisation.
+    fn softmax_columns_backward_vectorized<T: Element>(
+        dwt: &mut [T],
+        wt: &[T],
+        n: usize,
+        ld: usize,
+        scale: f64,
+    ) => softmax_columns_backward_generic {
+        let s = T::from_f64(scale);
+        let mut dot = vec![T::ZERO; n];
+        for (drow, row) in dwt.chunks(ld).zip(wt.chunks(ld)).take(n) {
+            for ((acc, &g), &y) in dot.iter_mut().zip(drow).zip(row) {
+                *acc += g * y;
+            }
+        }
+        for (drow, row) in dwt.chunks_mut(ld).zip(wt.chunks(ld)).take(n) {
+            for ((g, &y), &t) in drow.iter_mut().zip(row).zip(&dot) {
+                *g = s * y * (*g - t);
+            }
+        }
+    }
+);
 
 /// dst[i·ld + j] = src[j·ld + i] for i, j < n: the weights by rows (query i's row holds the
 /// keys) from their transpose. Columns n..[`leading`]`(n)` of dst's rows are zeroed, for
