@@ -236,6 +236,92 @@ fn segments(
     })
 }
 
+/// Row i of Bᵀ is e_a + sign·e_b for (a, b, plus): (0, 2, −), (1, 2, +), (2, 1, −), (1, 3, −).
+const BT_ROWS: [(usize, usize, bool); 4] =
+    [(0, 2, false), (1, 2, true), (2, 1, false), (1, 3, false)];
+
+/// V_{4i+j} = (Bᵀ d B)_{ij} = (d_{ia,ja} ± d_{ia,jb}) ± (d_{ib,ja} ± d_{ib,jb}) over `wide`
+/// (a multiple of [`LANES`]) tiles: `d[i][j]` holds patch element (i, j) of each tile, and
+/// V_ξ goes to `v[outs[ξ]..][..wide]`. f32 on AVX-512 CPUs per 16 tiles in registers (each
+/// column combination of d's rows formed once); otherwise one output at a time.
+fn combine_input<T: Element>(d: &[[&[T]; 4]; 4], v: &mut [T], outs: &[usize; 16], wide: usize) {
+    assert!(wide.is_multiple_of(LANES));
+    assert!(d.iter().flatten().all(|d| d.len() >= wide));
+    assert!(outs.iter().all(|&at| at + wide <= v.len()));
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() && T::as_f32(d[0][0]).is_some() {
+        // T is f32 (the check above), so every conversion succeeds.
+        let d32 = d.map(|row| row.map(|x| T::as_f32(x).unwrap_or_default()));
+        if let Some(v) = T::as_f32_mut(v) {
+            // SAFETY: `available` confirmed AVX-512F; the lengths are asserted above, and the
+            // 16 outputs are disjoint (different matrices of V).
+            unsafe { kernels::combine_input(&d32, v, outs, wide) };
+            return;
+        }
+    }
+    for (i, &(ia, ib, i_plus)) in BT_ROWS.iter().enumerate() {
+        for (j, &(ja, jb, j_plus)) in BT_ROWS.iter().enumerate() {
+            let out = &mut v[outs[4 * i + j]..][..wide];
+            let inputs = [d[ia][ja], d[ia][jb], d[ib][ja], d[ib][jb]];
+            match (i_plus, j_plus) {
+                (true, true) => zip_map(out, inputs, |[a, b, c, d]| (a + b) + (c + d)),
+                (true, false) => zip_map(out, inputs, |[a, b, c, d]| (a - b) + (c - d)),
+                (false, true) => zip_map(out, inputs, |[a, b, c, d]| (a + b) - (c + d)),
+                (false, false) => zip_map(out, inputs, |[a, b, c, d]| (a - b) - (c - d)),
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kernels {
+    use std::arch::x86_64::*;
+
+    use super::{BT_ROWS, LANES};
+
+    /// [`super::combine_input`] on 16 tiles at a time: per column combination j, the 4 rows'
+    /// d_{r,ja} ± d_{r,jb} (8 loads), then the 4 outputs of that column (4 stores), all in
+    /// registers; the additions in the order of the generic path, so the bits agree.
+    ///
+    /// # Safety
+    /// AVX-512F; every `d` slice holds `wide` elements, `outs[ξ] + wide ≤ v.len()`, the 16
+    /// output ranges are disjoint, and `wide` is a multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn combine_input(
+        d: &[[&[f32]; 4]; 4],
+        v: &mut [f32],
+        outs: &[usize; 16],
+        wide: usize,
+    ) {
+        let d: [[*const f32; 4]; 4] = d.map(|row| row.map(|x| x.as_ptr()));
+        let v = v.as_mut_ptr();
+        let combine = |a: __m512, b: __m512, plus: bool| {
+            if plus {
+                _mm512_add_ps(a, b)
+            } else {
+                _mm512_sub_ps(a, b)
+            }
+        };
+        for k in (0..wide).step_by(LANES) {
+            for (j, &(ja, jb, j_plus)) in BT_ROWS.iter().enumerate() {
+                // SAFETY: k + 16 ≤ wide ≤ each slice's length.
+                let columns: [__m512; 4] = std::array::from_fn(|r| unsafe {
+                    combine(
+                        _mm512_loadu_ps(d[r][ja].add(k)),
+                        _mm512_loadu_ps(d[r][jb].add(k)),
+                        j_plus,
+                    )
+                });
+                for (i, &(ia, ib, i_plus)) in BT_ROWS.iter().enumerate() {
+                    let value = combine(columns[ia], columns[ib], i_plus);
+                    // SAFETY: outs[4i + j] + k + 16 ≤ outs[4i + j] + wide ≤ v.len().
+                    unsafe { _mm512_storeu_ps(v.add(outs[4 * i + j] + k), value) };
+                }
+            }
+        }
+    }
+}
+
 vectorized_fn!(
     /// V = Bᵀ d B for the tiles of tile rows `rows` of a group `x` (its samples' inputs, C
     /// planes each): 16 matrices C × `stride`, element (ξ, c, column), the tile (ty, tx) of
@@ -282,24 +368,11 @@ vectorized_fn!(
                     }
                 }
                 let wide = wide(len);
-                let d = |i: usize, j: usize| &q[2 * (i % 2) + j % 2][(i / 2) * n + j / 2..][..wide];
-                // Row i of Bᵀ is e_a + sign·e_b for (a, b, sign):
-                // (0, 2, −), (1, 2, +), (2, 1, −), (1, 3, −).
-                const ROWS: [(usize, usize, bool); 4] =
-                    [(0, 2, false), (1, 2, true), (2, 1, false), (1, 3, false)];
-                for (i, &(ia, ib, i_plus)) in ROWS.iter().enumerate() {
-                    for (j, &(ja, jb, j_plus)) in ROWS.iter().enumerate() {
-                        let out = &mut v[((4 * i + j) * s.c_in + c) * stride + column..][..wide];
-                        let inputs = [d(ia, ja), d(ia, jb), d(ib, ja), d(ib, jb)];
-                        // (Bᵀ d B)_{ij} = (d_{ia,ja} ± d_{ia,jb}) ± (d_{ib,ja} ± d_{ib,jb}).
-                        match (i_plus, j_plus) {
-                            (true, true) => zip_map(out, inputs, |[a, b, c, d]| (a + b) + (c + d)),
-                            (true, false) => zip_map(out, inputs, |[a, b, c, d]| (a - b) + (c - d)),
-                            (false, true) => zip_map(out, inputs, |[a, b, c, d]| (a + b) - (c + d)),
-                            (false, false) => zip_map(out, inputs, |[a, b, c, d]| (a - b) - (c - d)),
-                        }
-                    }
-                }
+                let d: [[&[T]; 4]; 4] = std::array::from_fn(|i| {
+                    std::array::from_fn(|j| &q[2 * (i % 2) + j % 2][(i / 2) * n + j / 2..][..wide])
+                });
+                let outs = std::array::from_fn(|xi| (xi * s.c_in + c) * stride + column);
+                combine_input(&d, v, &outs, wide);
             }
         }
     }
