@@ -273,6 +273,39 @@ fn combine_input<T: Element>(d: &[[&[T]; 4]; 4], v: &mut [T], outs: &[usize; 16]
     }
 }
 
+/// The 2×2 outputs Aᵀ M A + b of `wide` (a multiple of [`LANES`]) tiles into `out` (the
+/// output parities (0, 0), (0, 1), (1, 0), (1, 1), each at least `wide` long) from the 16
+/// products `m[ξ]`, by the AVX-512 kernel where it applies (f32 on AVX-512 CPUs): 16 tiles
+/// at a time in registers, the additions in the generic path's order. Returns false, having
+/// done nothing, where it does not.
+fn combine_output_avx512<T: Element>(
+    m: &[&[T]; 16],
+    out: &mut [&mut [T]],
+    wide: usize,
+    b: T,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() && T::as_f32(m[0]).is_some() {
+        assert!(wide.is_multiple_of(LANES) && out.len() == 4);
+        assert!(m.iter().all(|m| m.len() >= wide) && out.iter().all(|o| o.len() >= wide));
+        // T is f32 (the check above), so every conversion succeeds.
+        let m32 = m.map(|x| T::as_f32(x).unwrap_or_default());
+        let mut parts = out.iter_mut();
+        let mut out32: [&mut [f32]; 4] = std::array::from_fn(|_| {
+            parts
+                .next()
+                .and_then(|o| T::as_f32_mut(o))
+                .unwrap_or_default()
+        });
+        let b32 = T::as_f32(std::slice::from_ref(&b)).map_or(0.0, |x| x[0]);
+        // SAFETY: `available` confirmed AVX-512F; the lengths are asserted above.
+        unsafe { kernels::combine_output(&m32, &mut out32, wide, b32) };
+        return true;
+    }
+    let _ = (m, out, wide, b);
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 mod kernels {
     use std::arch::x86_64::*;
@@ -316,6 +349,46 @@ mod kernels {
                     let value = combine(columns[ia], columns[ib], i_plus);
                     // SAFETY: outs[4i + j] + k + 16 ≤ outs[4i + j] + wide ≤ v.len().
                     unsafe { _mm512_storeu_ps(v.add(outs[4 * i + j] + k), value) };
+                }
+            }
+        }
+    }
+
+    /// [`super::combine_output_avx512`] on 16 tiles at a time: each column j of Aᵀ M
+    /// ((M0j + M1j) + M2j and (M1j − M2j) − M3j) from its 4 products, then the 4 outputs,
+    /// all in registers: 16 loads and 4 stores.
+    ///
+    /// # Safety
+    /// AVX-512F; every `m` and `out` slice holds `wide` elements, a multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn combine_output(
+        m: &[&[f32]; 16],
+        out: &mut [&mut [f32]; 4],
+        wide: usize,
+        bias: f32,
+    ) {
+        let m: [*const f32; 16] = m.map(|x| x.as_ptr());
+        let out: [*mut f32; 4] = std::array::from_fn(|i| out[i].as_mut_ptr());
+        let b = _mm512_set1_ps(bias);
+        for k in (0..wide).step_by(LANES) {
+            // SAFETY: k + 16 ≤ wide ≤ each slice's length.
+            let load = |xi: usize| unsafe { _mm512_loadu_ps(m[xi].add(k)) };
+            // Column j of Aᵀ M: (M0j + M1j) + M2j and (M1j − M2j) − M3j.
+            let columns: [(__m512, __m512); 4] = std::array::from_fn(|j| {
+                let (m0, m1, m2, m3) = (load(j), load(4 + j), load(8 + j), load(12 + j));
+                (
+                    _mm512_add_ps(_mm512_add_ps(m0, m1), m2),
+                    _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3),
+                )
+            });
+            let t = [columns.map(|c| c.0), columns.map(|c| c.1)];
+            for (a, row) in t.iter().enumerate() {
+                let even = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(row[0], row[1]), row[2]), b);
+                let odd = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(row[1], row[2]), row[3]), b);
+                // SAFETY: k + 16 ≤ wide ≤ each output's length.
+                unsafe {
+                    _mm512_storeu_ps(out[2 * a].add(k), even);
+                    _mm512_storeu_ps(out[2 * a + 1].add(k), odd);
                 }
             }
         }
@@ -401,18 +474,20 @@ vectorized_fn!(
                 let mut parts = scratch.chunks_exact_mut(most);
                 let mut t: [&mut [T]; 12] = std::array::from_fn(|_| parts.next().unwrap_or_default());
                 let at = |xi: usize| &m[(xi * s.c_out + o) * stride + column..][..wide];
-                // Aᵀ M, on each column j: rows M0j + M1j + M2j and M1j − M2j − M3j.
-                for j in 0..4 {
-                    let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
-                    zip_map(&mut t[j][..wide], [m0, m1, m2], |[a, b, c]| a + b + c);
-                    zip_map(&mut t[4 + j][..wide], [m1, m2, m3], |[b, c, d]| b - c - d);
-                }
-                // (Aᵀ M) A, on each row: a + b + c and b − c − d of its 4 columns, + bias.
                 let (t, out) = t.split_at_mut(8);
-                for a in 0..2 {
-                    let row = |j: usize| &t[4 * a + j][..wide];
-                    zip_map(&mut out[2 * a][..wide], [row(0), row(1), row(2)], |[p, q, r]| p + q + r + b);
-                    zip_map(&mut out[2 * a + 1][..wide], [row(1), row(2), row(3)], |[q, r, u]| q - r - u + b);
+                if !combine_output_avx512(&std::array::from_fn(at), out, wide, b) {
+                    // Aᵀ M, on each column j: rows M0j + M1j + M2j and M1j − M2j − M3j.
+                    for j in 0..4 {
+                        let (m0, m1, m2, m3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
+                        zip_map(&mut t[j][..wide], [m0, m1, m2], |[a, b, c]| a + b + c);
+                        zip_map(&mut t[4 + j][..wide], [m1, m2, m3], |[b, c, d]| b - c - d);
+                    }
+                    // (Aᵀ M) A, on each row: a + b + c and b − c − d of its 4 columns, + bias.
+                    for a in 0..2 {
+                        let row = |j: usize| &t[4 * a + j][..wide];
+                        zip_map(&mut out[2 * a][..wide], [row(0), row(1), row(2)], |[p, q, r]| p + q + r + b);
+                        zip_map(&mut out[2 * a + 1][..wide], [row(1), row(2), row(3)], |[q, r, u]| q - r - u + b);
+                    }
                 }
                 let plane = &mut y[(sample * s.c_out + o) * s.plane()..][..s.plane()];
                 for (rr, ty) in ty.enumerate() {
