@@ -15,7 +15,7 @@ const ROWS_PER_TASK: usize = 64;
 /// AVX-512 CPUs by [the intrinsics kernel](super::avx512::softmax_row) (2.5× faster on rows of
 /// 196, where the vectorised loop below leaves a 4-element scalar tail and no fused
 /// multiply-adds).
-pub(super) fn softmax_row<T: Element>(row: &mut [T], scale: f64) {
+fn softmax_row<T: Element>(row: &mut [T], scale: f64) {
     #[cfg(target_arch = "x86_64")]
     if super::avx512::available() {
         if let Some(row) = T::as_f32_mut(row) {
@@ -49,7 +49,7 @@ vectorized_fn!(
 
 /// One row's backward, in place: g ← s·y ⊙ (g − g·y), for y = softmax(s·x); f32 rows on
 /// AVX-512 CPUs by [the intrinsics kernel](super::avx512::softmax_row_backward).
-pub(super) fn softmax_row_backward<T: Element>(grad: &mut [T], y: &[T], scale: f64) {
+fn softmax_row_backward<T: Element>(grad: &mut [T], y: &[T], scale: f64) {
     #[cfg(target_arch = "x86_64")]
     if super::avx512::available() {
         if let (Some(grad), Some(y)) = (T::as_f32_mut(grad), T::as_f32(y)) {
