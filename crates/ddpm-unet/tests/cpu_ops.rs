@@ -59,9 +59,9 @@ fn grads_of_weighted_sum(y: &Tensor, r: &Tensor) -> candle_core::backprop::GradS
 ///   11 that convolution has padding 2 and takes the general im2col), and gemm + col2im for
 ///   the others;
 /// - the forward is computed transposed, pixel by channel, for at least 64 output channels
-///   (a multiple of 16) and at most 196 pixels (cases 13 and 14, 63 and 30 pixels, the first
-///   in two products of 48 and 15; case 13's input gradient takes it too).
-const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 17] = [
+///   (a multiple of 16) and at most 196 pixels, unless Winograd takes it (cases 13 and 14,
+///   63 and 30 pixels, the first in two products of 48 and 15).
+const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 19] = [
     ([4, 3, 7, 9], [5, 3, 3, 3], 1, 1),
     ([3, 4, 8, 8], [4, 4, 3, 3], 2, 1),
     ([3, 4, 9, 7], [2, 4, 3, 3], 2, 0),
@@ -75,13 +75,16 @@ const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 17] = [
     ([3, 4, 5, 6], [4, 4, 3, 3], 1, 1),
     ([2, 5, 7, 6], [3, 5, 3, 3], 1, 0),
     ([2, 3, 5, 1], [2, 3, 3, 3], 1, 1),
-    ([2, 64, 7, 9], [64, 64, 3, 3], 1, 1),
+    ([2, 32, 7, 9], [64, 32, 5, 5], 1, 2),
     ([2, 16, 5, 6], [80, 16, 3, 3], 1, 1),
-    // Winograd's forward (≥ 14×14, ≥ 16 channels, when the batch has a sample per thread);
-    // the input gradient too, with more output than input channels and with fewer, an odd
-    // height, and a batch that splits unevenly over two threads.
+    // Winograd's forward (7×7 to 128×128, ≥ 16 channels, when the batch has a sample per
+    // thread); the input gradient too, with more output than input channels and with fewer,
+    // odd sizes whose edge tiles hang over the image, exact 4×4 tiles, and a batch that
+    // splits unevenly over two threads.
     ([2, 16, 14, 15], [24, 16, 3, 3], 1, 1),
     ([3, 20, 15, 14], [16, 20, 3, 3], 1, 1),
+    ([2, 16, 7, 7], [16, 16, 3, 3], 1, 1),
+    ([3, 16, 8, 8], [24, 16, 3, 3], 1, 1),
 ];
 
 /// One convolution case against candle's `conv2d` plus a broadcast bias, forward and

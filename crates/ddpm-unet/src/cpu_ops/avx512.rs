@@ -353,78 +353,6 @@ pub(super) unsafe fn group_norm_backward_block(
     sums
 }
 
-/// `even[k] = src[2k]` and `odd[k] = src[2k + 1]` for every element of src, 32 at a time by
-/// two permutes (`vpermt2ps`) of two loads; the last 32 with masked loads and stores.
-///
-/// # Safety
-/// The CPU must support AVX-512F ([`available`]).
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    let len = src.len();
-    assert!(even.len() >= len.div_ceil(2) && odd.len() >= len / 2);
-    let even_lanes = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd_lanes = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    for i in (0..len).step_by(32) {
-        let n = (len - i).min(32);
-        // SAFETY: the masks cover only elements i … i + n − 1 of src and i/2 … (i + n)/2 − 1
-        // (rounded up for even) of even and odd, inside the slices (asserted above); a
-        // masked-off lane is never accessed.
-        let (a, b) = unsafe {
-            (
-                _mm512_maskz_loadu_ps(tail_mask(n.min(16)), src.as_ptr().add(i)),
-                _mm512_maskz_loadu_ps(
-                    tail_mask(n.saturating_sub(16)),
-                    src.as_ptr().wrapping_add(i + 16),
-                ),
-            )
-        };
-        let (e, o) = (
-            _mm512_permutex2var_ps(a, even_lanes, b),
-            _mm512_permutex2var_ps(a, odd_lanes, b),
-        );
-        unsafe {
-            _mm512_mask_storeu_ps(even.as_mut_ptr().add(i / 2), tail_mask(n.div_ceil(2)), e);
-            _mm512_mask_storeu_ps(odd.as_mut_ptr().wrapping_add(i / 2), tail_mask(n / 2), o);
-        }
-    }
-}
-
-/// `dst[2k] = even[k]` and `dst[2k + 1] = odd[k]` for every element of dst (which need not
-/// have been written before): the inverse of [`deinterleave`].
-///
-/// # Safety
-/// The CPU must support AVX-512F ([`available`]).
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn interleave(even: &[f32], odd: &[f32], dst: &mut [std::mem::MaybeUninit<f32>]) {
-    let len = dst.len();
-    assert!(even.len() >= len.div_ceil(2) && odd.len() >= len / 2);
-    let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    for i in (0..len).step_by(32) {
-        let n = (len - i).min(32);
-        // SAFETY: as in `deinterleave`, with the roles of the slices swapped.
-        let (e, o) = unsafe {
-            (
-                _mm512_maskz_loadu_ps(tail_mask(n.div_ceil(2)), even.as_ptr().add(i / 2)),
-                _mm512_maskz_loadu_ps(tail_mask(n / 2), odd.as_ptr().wrapping_add(i / 2)),
-            )
-        };
-        let dst = dst.as_mut_ptr().cast::<f32>();
-        unsafe {
-            _mm512_mask_storeu_ps(
-                dst.add(i),
-                tail_mask(n.min(16)),
-                _mm512_permutex2var_ps(e, low, o),
-            );
-            _mm512_mask_storeu_ps(
-                dst.wrapping_add(i + 16),
-                tail_mask(n.saturating_sub(16)),
-                _mm512_permutex2var_ps(e, high, o),
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,42 +430,6 @@ mod tests {
                     "len {len}, gradient {i}: {o} against {exact}"
                 );
             }
-        }
-    }
-
-    #[test]
-    fn deinterleave_and_interleave_split_and_merge_pairs() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX-512");
-            return;
-        }
-        // Lengths around the 32-element steps and their 16-lane halves, odd and even.
-        for len in [0usize, 1, 2, 15, 16, 17, 28, 31, 32, 33, 63, 64, 65, 97] {
-            let src: Vec<f32> = (0..len).map(|i| i as f32 + 0.5).collect();
-            // One spare element past each output, which must stay untouched.
-            let mut even = vec![-1.0f32; len.div_ceil(2) + 1];
-            let mut odd = vec![-1.0f32; len / 2 + 1];
-            // SAFETY: AVX-512F is available (checked above).
-            unsafe { deinterleave(&src, &mut even, &mut odd) };
-            let spare = [-1.0f32];
-            let expected_even: Vec<f32> = src.iter().step_by(2).chain(&spare).copied().collect();
-            let expected_odd: Vec<f32> = src
-                .iter()
-                .skip(1)
-                .step_by(2)
-                .chain(&spare)
-                .copied()
-                .collect();
-            assert_eq!(even, expected_even, "deinterleave, even, {len}");
-            assert_eq!(odd, expected_odd, "deinterleave, odd, {len}");
-
-            let mut merged = vec![std::mem::MaybeUninit::new(-1.0f32); len + 1];
-            // SAFETY: as above.
-            unsafe { interleave(&even, &odd, &mut merged[..len]) };
-            // SAFETY: every element was initialised (by `new` or by `interleave`).
-            let merged: Vec<f32> = merged.iter().map(|v| unsafe { v.assume_init() }).collect();
-            assert_eq!(merged[..len], src[..], "interleave, {len}");
-            assert_eq!(merged[len], -1.0, "interleave wrote past {len}");
         }
     }
 }

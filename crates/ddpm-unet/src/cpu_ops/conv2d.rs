@@ -18,8 +18,8 @@
 //!   gradient with the flipped, transposed kernel (see `Geometry::transposed`), with no
 //!   col2im.
 //!
-//! And 3×3 forwards (so also those input gradients) on images of 14×14 and up run as
-//! Winograd's F(2×2, 3×3) instead ([`winograd`], `Geometry::winograd`).
+//! And 3×3 forwards (so also those input gradients) on images from 7×7 to 128×128 run as
+//! Winograd's F(4×4, 3×3) instead ([`winograd`], `Geometry::winograd`).
 
 use std::mem::MaybeUninit;
 
@@ -115,21 +115,23 @@ impl Geometry {
             && self.c_out.is_multiple_of(16)
     }
     /// Whether the forward (and through [`transposed`](Self::transposed), the input
-    /// gradient) runs as Winograd's F(2×2, 3×3) ([`winograd`]), with 2.25 times fewer
-    /// multiplications: a 3×3 kernel with stride 1 and padding 1, an image of at least
-    /// 14×14, at least 16 input and output channels, and at least one sample per thread (its
-    /// work is split over the samples). Measured call by call in the training and sampling
-    /// steps at batch 64 against the unfolding: 14–29% less time at 28×28, −24% to +14% at
-    /// 14×14 (a gain overall), but 18–65% more at 7×7, where the tiles cover 8×10 pixels
-    /// (the edge tiles hang over the image, and each tile row has a spare tile): 63% more
-    /// products than outputs. (The weight gradient by the same algorithm was not faster, and
-    /// was not kept.)
+    /// gradient) runs as Winograd's F(4×4, 3×3) ([`winograd`]), with 4 times fewer
+    /// multiplications: a 3×3 kernel with stride 1 and padding 1, an image of 7×7 to
+    /// 128×128 pixels, at least 16 input and output channels, and at least one sample per
+    /// thread (its work is split over the samples). Measured call by call at batch 64
+    /// against F(2×2, 3×3), which it replaced: 30–40% less time at 28×28, 15–30% at 14×14;
+    /// and against the unfolding at 7×7, 15–50% less. Smaller images waste too much of the
+    /// 4×4 tiles (32 channels at 4×4: 65% more time than the unfolding). Its blocks hold
+    /// whole samples, so a block's transforms grow with the image: at 128×128 and 128
+    /// channels, 40 MB a thread. Larger images take the unfolding. (The weight gradient
+    /// keeps the unfolding: by the adjoint of F(2×2, 3×3) it was not faster.)
     fn winograd(&self) -> Option<Shape3x3> {
         let fits = self.kh == 3
             && self.kw == 3
             && self.stride == 1
             && self.padding == 1
-            && self.h * self.w >= 14 * 14
+            && self.h * self.w >= 7 * 7
+            && self.h * self.w <= 128 * 128
             && self.c_in >= 16
             && self.c_out >= 16
             && self.batch >= super::threads();
