@@ -1,8 +1,9 @@
 //! Hand-written CPU kernels, with analytic backward passes, for the layers that dominate the
 //! U-Net's training step: 2-D convolution (im2col/col2im around a gemm, parallel over the
-//! batch; Winograd's F(2×2, 3×3) for 3×3 forwards on larger images) and GroupNorm with an optional fused SiLU. candle 0.11's own CPU convolution
-//! backward goes through a plain-loop transposed convolution, and its GroupNorm is a chain
-//! of small single-threaded tensor ops; these replace both on the CPU for f32 and f64, and
+//! batch; Winograd's F(4×4, 3×3) for 3×3 convolutions on images from 7×7 to 128×128) and
+//! GroupNorm with an optional fused SiLU. candle 0.11's own CPU convolution backward goes
+//! through a plain-loop transposed convolution, and its GroupNorm is a chain of small
+//! single-threaded tensor ops; these replace both on the CPU for f32 and f64, and
 //! attention runs as one fused op per (sample, head) that recomputes its softmax weights in
 //! the backward pass.
 //!

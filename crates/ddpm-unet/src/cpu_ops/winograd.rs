@@ -24,7 +24,9 @@
 //! convolution: 4 times fewer, for the cost of the transforms.
 //!
 //! The input gradient of such a convolution is a convolution of the same kind (with the
-//! flipped, transposed kernel), so [`forward`] computes it too.
+//! flipped, transposed kernel), so [`forward`] computes it too. The weight gradient is the
+//! adjoint ([`grad_weight`]): ∂U_ξ = Σ_tiles (A ∂Y Aᵀ)_ξ · V_ξᵀ, 36 products O × C summed
+//! over the tiles, and ∂w = Gᵀ ∂U G.
 //!
 //! Work is split over groups of samples, one thread each. A group's tiles are numbered
 //! sample by sample, row by row, and taken a block of whole samples (about [`BLOCK_TILES`]
@@ -97,14 +99,52 @@ impl Shape3x3 {
     }
 }
 
+/// Offsets and lane masks of a patch gathered for each tile of a block, 16 tiles at a time
+/// (see [`Plan`]).
+struct Patches {
+    /// Patch element e (of E) of the 16 tiles of step q: `offsets[(q·E + e)·16 + lane]`, its
+    /// offset from the block's first plane of a channel (sample s, row y, column x at
+    /// s·channels·H·W + y·W + x); `masks[q·E + e]` the lanes inside the image (the others
+    /// are zero padding, or tiles past the block).
+    offsets: Vec<i32>,
+    masks: Vec<u16>,
+}
+
+impl Patches {
+    /// The `side`² patch of each tile whose corner lies `shift` rows and columns above and
+    /// left of its outputs' corner, in planes of `channels` channels.
+    fn new(s: &Shape3x3, side: usize, shift: usize, channels: usize) -> Patches {
+        let (tc, tiles, block) = (s.tile_cols(), s.tiles(), s.block());
+        let (mut offsets, mut masks) = (Vec::new(), Vec::new());
+        for q in 0..s.columns(block) / LANES {
+            for e in 0..side * side {
+                let (i, j) = (e / side, e % side);
+                let mut mask = 0u16;
+                for lane in 0..LANES {
+                    let tile = q * LANES + lane;
+                    let (sample, within) = (tile / tiles, tile % tiles);
+                    let y = (4 * (within / tc) + i).wrapping_sub(shift);
+                    let x = (4 * (within % tc) + j).wrapping_sub(shift);
+                    let inside = sample < block && y < s.h && x < s.w;
+                    let offset = if inside {
+                        mask |= 1 << lane;
+                        sample * channels * s.plane() + y * s.w + x
+                    } else {
+                        0
+                    };
+                    offsets.push(offset as i32);
+                }
+                masks.push(mask);
+            }
+        }
+        Patches { offsets, masks }
+    }
+}
+
 /// The index tables of one shape, for a block of [`Shape3x3::block`] samples.
 struct Plan {
-    /// Patch element (i, j) of the 16 tiles of step q: `input[(q·36 + 6i + j)·16 + lane]`,
-    /// the element's offset from the block's first plane of a channel (sample s, row y,
-    /// column x at s·C·H·W + y·W + x), and `input_mask[q·36 + 6i + j]` the lanes inside the
-    /// image (the others are zero padding, or tiles past the block).
-    input: Vec<i32>,
-    input_mask: Vec<u16>,
+    /// Each tile's 6×6 input patch d (rows and columns 4ty − 1 …, 4tx − 1 …).
+    input: Patches,
     /// Pixel p of an image: `output[p]`, where to find it among a block's outputs of one
     /// channel, laid out as 16 rows (the tile's output (a, b) in row 4a + b) of
     /// `columns(block)` tiles; for sample s add s·⌈H/4⌉·⌈W/4⌉. Padded with zeros to whole
@@ -116,30 +156,7 @@ struct Plan {
 
 impl Plan {
     fn new(s: &Shape3x3) -> Plan {
-        let (tc, tiles, block) = (s.tile_cols(), s.tiles(), s.block());
-        let columns = s.columns(block);
-        let (mut input, mut input_mask) = (Vec::new(), Vec::new());
-        for q in 0..columns / LANES {
-            for xi in 0..XI {
-                let (i, j) = (xi / 6, xi % 6);
-                let mut mask = 0u16;
-                for lane in 0..LANES {
-                    let tile = q * LANES + lane;
-                    let (sample, within) = (tile / tiles, tile % tiles);
-                    let y = (4 * (within / tc) + i).wrapping_sub(1);
-                    let x = (4 * (within % tc) + j).wrapping_sub(1);
-                    let inside = sample < block && y < s.h && x < s.w;
-                    let offset = if inside {
-                        mask |= 1 << lane;
-                        sample * s.c_in * s.plane() + y * s.w + x
-                    } else {
-                        0
-                    };
-                    input.push(offset as i32);
-                }
-                input_mask.push(mask);
-            }
-        }
+        let (tc, columns) = (s.tile_cols(), s.columns(s.block()));
         let mut output = vec![0i32; s.plane().next_multiple_of(LANES)];
         for (p, slot) in output.iter_mut().take(s.plane()).enumerate() {
             let (y, x) = (p / s.w, p % s.w);
@@ -147,26 +164,29 @@ impl Plan {
             *slot = (row * columns + (y / 4) * tc + x / 4) as i32;
         }
         Plan {
-            input,
-            input_mask,
+            input: Patches::new(s, 6, 1, s.c_in),
             output,
             columns,
         }
     }
 }
 
-/// U = G w Gᵀ for every (o, c): 36 matrices O × C, element (ξ, o, c). Element (i, j) of
-/// G k Gᵀ is Σ_{a,b} G_ia G_jb k_ab, so U (36 × O·C) is one product: the 36 × 9 matrix of
-/// the coefficients G_ia G_jb times the kernels (9 × O·C).
+/// The coefficients of G k Gᵀ: element (i, j) is Σ_{u,v} G_iu G_jv k_uv, so row ξ = 6i + j
+/// of this 36 × 9 matrix holds G_iu G_jv at column 3u + v.
+fn filter_coefficients<T: Element>() -> Vec<T> {
+    (0..XI * 9)
+        .map(|at| {
+            let (xi, uv) = (at / 9, at % 9);
+            let ((i, j), (u, v)) = ((xi / 6, xi % 6), (uv / 3, uv % 3));
+            T::from_f64(G[i][u] * G[j][v])
+        })
+        .collect()
+}
+
+/// U = G w Gᵀ for every (o, c): 36 matrices O × C, element (ξ, o, c), one product of the
+/// [coefficients](filter_coefficients) (36 × 9) and the kernels (9 × O·C).
 fn filter_transform<T: Element>(s: &Shape3x3, w: &[T]) -> Vec<T> {
     let kernels = s.c_out * s.c_in;
-    let coefficients: Vec<T> = (0..XI * 9)
-        .map(|at| {
-            let (xi, ab) = (at / 9, at % 9);
-            let ((i, j), (a, b)) = ((xi / 6, xi % 6), (ab / 3, ab % 3));
-            T::from_f64(G[i][a] * G[j][b])
-        })
-        .collect();
     let mut u = vec![T::ZERO; XI * kernels];
     matmul(
         XI,
@@ -174,7 +194,7 @@ fn filter_transform<T: Element>(s: &Shape3x3, w: &[T]) -> Vec<T> {
         9,
         &mut u,
         false,
-        &coefficients,
+        &filter_coefficients::<T>(),
         (9, 1),
         w,
         (1, 9),
@@ -224,6 +244,16 @@ fn at<T: Element>(m: [T; 6]) -> [T; 4] {
     ]
 }
 
+/// A g for a column g of 4 (A = (Aᵀ)ᵀ, 6 × 4): with p, q = g₀ + g₂, g₁ + g₃ and p′, q′ =
+/// g₀ + 4g₂, 2g₁ + 8g₃, (g₀, p + q, p − q, p′ + q′, p′ − q′, g₃). The adjoint of [`at`].
+#[inline(always)]
+fn a<T: Element>(g: [T; 4]) -> [T; 6] {
+    let (p, q) = (g[0] + g[2], g[1] + g[3]);
+    let (two, four, eight) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(8.0));
+    let (pp, qq) = (g[0] + four * g[2], two * g[1] + eight * g[3]);
+    [g[0], p + q, p - q, pp + qq, pp - qq, g[3]]
+}
+
 vectorized_fn!(
     /// V = Bᵀ d B for a block of `samples` samples starting at `x` (the first one's input,
     /// C planes each, then the others'): 36 matrices C × `stride`, element (ξ, c, tile),
@@ -256,8 +286,8 @@ vectorized_fn!(
                         unsafe {
                             kernels::gather_input(
                                 x.as_ptr().add(c * plane),
-                                &plan.input[q * XI * LANES..][..XI * LANES],
-                                &plan.input_mask[q * XI..][..XI],
+                                &plan.input.offsets[q * XI * LANES..][..XI * LANES],
+                                &plan.input.masks[q * XI..][..XI],
                                 valid,
                                 v.as_mut_ptr().add(c * stride + q * LANES),
                                 s.c_in * stride,
@@ -274,8 +304,8 @@ vectorized_fn!(
                 let z: [[T; 6]; 6] = std::array::from_fn(|i| {
                     std::array::from_fn(|j| {
                         let at = q * XI + 6 * i + j;
-                        if tile < tiles && plan.input_mask[at] & (1 << lane) != 0 {
-                            x[c * plane + plan.input[at * LANES + lane] as usize]
+                        if tile < tiles && plan.input.masks[at] & (1 << lane) != 0 {
+                            x[c * plane + plan.input.offsets[at * LANES + lane] as usize]
                         } else {
                             T::ZERO
                         }
@@ -369,6 +399,75 @@ vectorized_fn!(
     }
 );
 
+vectorized_fn!(
+    /// Z = A ∂Y Aᵀ for a block of `samples` samples starting at `dy` (the first one's output
+    /// gradient, O planes each): 36 matrices O × `stride`, element (ξ, o, tile), with the
+    /// columns past the block's tiles zero. ∂Y is zero outside the image. f32 on AVX-512
+    /// CPUs by 16-lane gathers and registers; otherwise tile by tile.
+    fn grad_transform<T: Element>(
+        s: &Shape3x3,
+        patches: &Patches,
+        dy: &[T],
+        samples: usize,
+        stride: usize,
+        z: &mut [T],
+    ) => grad_transform_generic {
+        let (plane, tiles) = (s.plane(), samples * s.tiles());
+        assert!(dy.len() >= samples * s.c_out * plane && stride <= s.columns(s.block()));
+        assert!(z.len() >= XI * s.c_out * stride && stride >= tiles);
+        #[cfg(target_arch = "x86_64")]
+        if super::avx512::available() {
+            if let (Some(dy), Some(z)) = (T::as_f32(dy), T::as_f32_mut(z)) {
+                for o in 0..s.c_out {
+                    for q in 0..stride / LANES {
+                        let valid = match tiles.saturating_sub(q * LANES) {
+                            n if n >= LANES => u16::MAX,
+                            n => ((1u32 << n) - 1) as u16,
+                        };
+                        // SAFETY: AVX-512F is available; the offsets with the masks on lie
+                        // in the block's samples, and the 36 outputs at column q·16 in rows
+                        // (ξ·O + o) of `stride` lie in z (both asserted above).
+                        unsafe {
+                            kernels::gather_grad(
+                                dy.as_ptr().add(o * plane),
+                                &patches.offsets[q * 16 * LANES..][..16 * LANES],
+                                &patches.masks[q * 16..][..16],
+                                valid,
+                                z.as_mut_ptr().add(o * stride + q * LANES),
+                                s.c_out * stride,
+                            )
+                        };
+                    }
+                }
+                return;
+            }
+        }
+        for o in 0..s.c_out {
+            for tile in 0..stride {
+                let (q, lane) = (tile / LANES, tile % LANES);
+                let g: [[T; 4]; 4] = std::array::from_fn(|r| {
+                    std::array::from_fn(|k| {
+                        let at = q * 16 + 4 * r + k;
+                        if tile < tiles && patches.masks[at] & (1 << lane) != 0 {
+                            dy[o * plane + patches.offsets[at * LANES + lane] as usize]
+                        } else {
+                            T::ZERO
+                        }
+                    })
+                });
+                // A g row by row (4 rows of 6), then A down each of the 6 columns.
+                let rows: [[T; 6]; 4] = g.map(a);
+                for j in 0..6 {
+                    let column = a(std::array::from_fn(|r| rows[r][j]));
+                    for (i, &value) in column.iter().enumerate() {
+                        z[((6 * i + j) * s.c_out + o) * stride + tile] = value;
+                    }
+                }
+            }
+        }
+    }
+);
+
 #[cfg(target_arch = "x86_64")]
 mod kernels {
     use std::arch::x86_64::*;
@@ -418,6 +517,78 @@ mod kernels {
             _mm512_fmadd_ps(_mm512_set1_ps(4.0), c, a),
             _mm512_add_ps(_mm512_fmadd_ps(_mm512_set1_ps(8.0), d, b), m[5]),
         ]
+    }
+
+    /// [`super::a`] on 16 lanes, with fused multiply-adds.
+    ///
+    /// # Safety
+    /// AVX-512F (as [`bt`]).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn a(g: [__m512; 4]) -> [__m512; 6] {
+        let (p, q) = (_mm512_add_ps(g[0], g[2]), _mm512_add_ps(g[1], g[3]));
+        let pp = _mm512_fmadd_ps(_mm512_set1_ps(4.0), g[2], g[0]);
+        let qq = _mm512_fmadd_ps(
+            _mm512_set1_ps(8.0),
+            g[3],
+            _mm512_mul_ps(_mm512_set1_ps(2.0), g[1]),
+        );
+        [
+            g[0],
+            _mm512_add_ps(p, q),
+            _mm512_sub_ps(p, q),
+            _mm512_add_ps(pp, qq),
+            _mm512_sub_ps(pp, qq),
+            g[3],
+        ]
+    }
+
+    /// Z = A g Aᵀ for 16 tiles: g's 16 elements gathered from `dy` at the `offsets` (16 × 16)
+    /// under `masks & valid` (zero elsewhere), the 36 results stored at `z + ξ·z_stride`.
+    ///
+    /// # Safety
+    /// AVX-512F; every offset with its lane on lies in dy's allocation, and the 36 stores of
+    /// 16 elements lie in z's.
+    // The index loops read the 4×6 values by columns: a transpose.
+    #[allow(clippy::needless_range_loop)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gather_grad(
+        dy: *const f32,
+        offsets: &[i32],
+        masks: &[u16],
+        valid: u16,
+        z: *mut f32,
+        z_stride: usize,
+    ) {
+        assert!(offsets.len() >= 16 * LANES && masks.len() >= 16);
+        let zero = _mm512_setzero_ps();
+        let mut rows = [[zero; 6]; 4];
+        for (r, row) in rows.iter_mut().enumerate() {
+            let mut g = [zero; 4];
+            for (k, slot) in g.iter_mut().enumerate() {
+                let e = 4 * r + k;
+                // SAFETY: the offsets' and masks' lengths are asserted above; the gather
+                // reads only lanes whose mask bit is on (the caller's guarantee).
+                *slot = unsafe {
+                    let index = _mm512_loadu_si512(offsets.as_ptr().add(e * LANES).cast());
+                    _mm512_mask_i32gather_ps::<4>(zero, masks[e] & valid, index, dy)
+                };
+            }
+            // A g, row by row.
+            *row = unsafe { a(g) };
+        }
+        // A (g Aᵀ), column by column.
+        for j in 0..6 {
+            let mut column = [zero; 4];
+            for (r, slot) in column.iter_mut().enumerate() {
+                *slot = rows[r][j];
+            }
+            for (i, value) in unsafe { a(column) }.into_iter().enumerate() {
+                // SAFETY: the caller's guarantee.
+                unsafe { _mm512_storeu_ps(z.add((6 * i + j) * z_stride), value) };
+            }
+        }
     }
 
     /// V = Bᵀ d B for 16 tiles: d's 36 elements gathered from `x` at the `offsets` (36 × 16)
@@ -605,6 +776,82 @@ pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Ve
     y
 }
 
+/// ∂L/∂w (O, C, 3, 3) of [`forward`] from its input x and output gradient ∂Y, by the
+/// adjoint of the same algorithm: ∂U_ξ = Σ_tiles (A ∂Y Aᵀ)_ξ · V_ξᵀ with V = Bᵀ d B, then
+/// ∂w = Σ_ξ ∂U_ξ G_iu G_jv. Per group of samples (one thread each), the 36 products of each
+/// block accumulate ∂U_ξᵀ (C × O); the groups' sums are added, and one product with the
+/// [coefficients](filter_coefficients) gives ∂w.
+pub(super) fn grad_weight<T: Element>(s: &Shape3x3, x: &[T], dy: &[T]) -> Vec<T> {
+    let plan = Plan::new(s);
+    let grad_patches = Patches::new(s, 4, 0, s.c_out);
+    let (group, block, plane) = (s.group(), s.block(), s.plane());
+    let (in_per, out_per, kernels) = (s.c_in * plane, s.c_out * plane, s.c_in * s.c_out);
+    let most = s.columns(block);
+    let partial = |(x_g, dy_g): (&[T], &[T])| -> Vec<T> {
+        let mut dut = vec![T::ZERO; XI * kernels];
+        let (v_len, z_len) = (XI * s.c_in * most, XI * s.c_out * most);
+        with_scratch(v_len + z_len, |scratch: &mut [T]| {
+            let (v, z) = scratch.split_at_mut(v_len);
+            let samples = x_g.len() / in_per;
+            for first in (0..samples).step_by(block) {
+                let n = block.min(samples - first);
+                let stride = s.columns(n);
+                input_transform(s, &plan, &x_g[first * in_per..], n, stride, v);
+                grad_transform(s, &grad_patches, &dy_g[first * out_per..], n, stride, z);
+                // ∂U_ξᵀ (C × O) += V_ξ · Z_ξᵀ.
+                for xi in 0..XI {
+                    matmul(
+                        s.c_in,
+                        s.c_out,
+                        stride,
+                        &mut dut[xi * kernels..],
+                        first > 0,
+                        &v[xi * s.c_in * stride..],
+                        (stride, 1),
+                        &z[xi * s.c_out * stride..],
+                        (1, stride),
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+        });
+        dut
+    };
+    let dut = x
+        .par_chunks(group * in_per)
+        .zip(dy.par_chunks(group * out_per))
+        .map(partial)
+        .reduce(
+            || vec![T::ZERO; XI * kernels],
+            |mut a, b| {
+                for (a, b) in a.iter_mut().zip(b) {
+                    *a += b;
+                }
+                a
+            },
+        );
+    // ∂w, element ((c, o), 3u + v): Σ_ξ ∂U_ξᵀ[c, o]·G_iu G_jv.
+    let mut by_input = vec![T::ZERO; kernels * 9];
+    matmul(
+        kernels,
+        9,
+        XI,
+        &mut by_input,
+        false,
+        &dut,
+        (1, kernels),
+        &filter_coefficients::<T>(),
+        (9, 1),
+        gemm::Parallelism::None,
+    );
+    let mut dw = vec![T::ZERO; kernels * 9];
+    for (at, k) in by_input.chunks_exact(9).enumerate() {
+        let (c, o) = (at / s.c_out, at % s.c_out);
+        dw[(o * s.c_in + c) * 9..][..9].copy_from_slice(k);
+    }
+    dw
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -752,6 +999,63 @@ mod tests {
             // themselves. Measured here: 1e-7 to 6e-6 of the result's scale (direct f32
             // sums: about 2e-7). A misplaced element or a wrong coefficient is off by O(1).
             let err = worst(&y, &direct(s, &x, &w, &b));
+            assert!(err < 2e-5, "{s:?}: f32 differs by {err}");
+        }
+    }
+
+    /// ∂L/∂w of Σ y·g for an output gradient g, by the definition: ∂w[o, c, u, v] =
+    /// Σ_{n,i,j} g[n, o, i, j]·x[n, c, i + u − 1, j + v − 1], in f64.
+    fn direct_grad_weight(s: &Shape3x3, x: &[f64], g: &[f64]) -> Vec<f64> {
+        let mut dw = vec![0.0; s.c_out * s.c_in * 9];
+        for n in 0..s.batch {
+            for o in 0..s.c_out {
+                for c in 0..s.c_in {
+                    for u in 0..3 {
+                        for v in 0..3 {
+                            let mut sum = 0.0;
+                            for i in 0..s.h {
+                                for j in 0..s.w {
+                                    let (iy, ix) =
+                                        ((i + u).wrapping_sub(1), (j + v).wrapping_sub(1));
+                                    if iy < s.h && ix < s.w {
+                                        sum += g[((n * s.c_out + o) * s.h + i) * s.w + j]
+                                            * x[((n * s.c_in + c) * s.h + iy) * s.w + ix];
+                                    }
+                                }
+                            }
+                            dw[((o * s.c_in + c) * 3 + u) * 3 + v] += sum;
+                        }
+                    }
+                }
+            }
+        }
+        dw
+    }
+
+    #[test]
+    fn grad_weight_matches_the_definition() {
+        let wide = [(14, 32), (28, 16), (7, 48)].map(|(side, channels)| Shape3x3 {
+            batch: 3,
+            c_in: channels,
+            c_out: channels + 8,
+            h: side,
+            w: side,
+        });
+        for (i, s) in SHAPES.iter().chain(&wide).enumerate() {
+            let seed = 500 + 10 * i as u64;
+            let x = values(s.batch * s.c_in * s.plane(), seed);
+            let g = values(s.batch * s.c_out * s.plane(), seed + 1);
+            let exact = direct_grad_weight(s, &x, &g);
+            let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            // f64: rounding alone, far below 1e-12 of the scale.
+            let err = max_abs_diff(&grad_weight(s, &x, &g), &exact) / scale;
+            assert!(err < 1e-12, "{s:?}: f64 differs by {err}");
+            // f32 (the AVX-512 kernels where the CPU has them): as the forward's f32 test,
+            // a few 1e-6 of the scale from the transforms' coefficients.
+            let to32 = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            let dw = grad_weight(s, &to32(&x), &to32(&g));
+            let dw: Vec<f64> = dw.iter().map(|&v| f64::from(v)).collect();
+            let err = max_abs_diff(&dw, &exact) / scale;
             assert!(err < 2e-5, "{s:?}: f32 differs by {err}");
         }
     }
