@@ -902,9 +902,18 @@ mod tests {
             .fold(0.0, f64::max)
     }
 
-    /// Even and odd sizes (odd ones have tiles that hang over the edge), one and several
-    /// tile rows per block, groups of one and several samples, a single column and row.
-    const SHAPES: [Shape3x3; 6] = [
+    /// Even and odd sizes (odd ones have tiles that hang over the edge), blocks of one and
+    /// several samples, groups of one and several blocks (the 4×450 images: 113 tiles, a
+    /// block a sample), a single column and row, and a batch beyond 16.
+    const SHAPES: [Shape3x3; 7] = [
+        // Groups of 10 samples (with two threads) in one block each, 6 tiles a sample.
+        Shape3x3 {
+            batch: 20,
+            c_in: 3,
+            c_out: 2,
+            h: 5,
+            w: 9,
+        },
         Shape3x3 {
             batch: 3,
             c_in: 4,
