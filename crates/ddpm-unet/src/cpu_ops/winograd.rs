@@ -90,6 +90,11 @@ impl Shape3x3 {
     fn group(&self) -> usize {
         self.batch.div_ceil(super::threads()).max(1)
     }
+    /// Whether the gathers' offsets into a block (i32, see [`Patches`]) can reach all of it:
+    /// false only past about 130,000 channels at 128×128.
+    pub(super) fn offsets_fit(&self) -> bool {
+        self.block() * self.c_in.max(self.c_out) * self.plane() <= i32::MAX as usize
+    }
     /// Columns of a block's transforms: its tiles, rounded up to whole vector steps.
     fn columns(&self, samples: usize) -> usize {
         (samples * self.tiles()).next_multiple_of(LANES)
@@ -129,6 +134,7 @@ impl Patches {
                     } else {
                         0
                     };
+                    // In range: `offsets_fit` (checked before a convolution takes this path).
                     offsets.push(offset as i32);
                 }
                 masks.push(mask);
@@ -1064,5 +1070,21 @@ mod tests {
             let err = max_abs_diff(&dw, &exact) / scale;
             assert!(err < 2e-5, "{s:?}: f32 differs by {err}");
         }
+    }
+
+    #[test]
+    fn offsets_fit_declines_only_blocks_past_i32() {
+        let shape = |c: usize, side: usize| Shape3x3 {
+            batch: 64,
+            c_in: c,
+            c_out: 16,
+            h: side,
+            w: side,
+        };
+        assert!(shape(192, 28).offsets_fit());
+        assert!(shape(4096, 128).offsets_fit());
+        // One 128×128 sample a block: 16,384 pixels × 131,072 channels = 2³¹ > i32::MAX.
+        assert!(!shape(131_072, 128).offsets_fit());
+        assert!(shape(131_071, 128).offsets_fit());
     }
 }
