@@ -551,6 +551,50 @@ pub(super) fn matmul_strided<T: Element>(
     }
 }
 
+/// [`matmul`] without accumulating, into uninitialised memory: every one of the m × n
+/// elements of dst is written (gemm does not read dst when it does not accumulate).
+#[allow(clippy::too_many_arguments)]
+fn matmul_uninit<T: Element>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [MaybeUninit<T>],
+    lhs: &[T],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[T],
+    (rhs_rs, rhs_cs): (usize, usize),
+    parallelism: Parallelism,
+) {
+    assert!(dst.len() >= m * n);
+    debug_assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    debug_assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: as in `matmul_strided`; with `read_dst` false gemm only writes dst, so its
+    // uninitialised elements are never read.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().cast::<T>(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::ZERO,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
 /// The most pixels per product in the [transposed forward](Geometry::channels_as_rows):
 /// gemm packs its first operand when the product has more than 48 columns (here, pixels).
 const UNPACKED_PIXELS: usize = 48;
@@ -715,8 +759,28 @@ fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
         return forward(&transposed, grad, &flip_transpose(g, w), &no_bias);
     }
     let (k, ohw) = (g.k(), g.out_pixels());
-    let mut dx = vec![T::ZERO; g.batch * g.in_size()];
     let parallelism = g.gemm_parallelism();
+    if g.is_pointwise() {
+        // dx_n = Wᵀ·g_n, written whole: no zeroed buffer to allocate first.
+        let len = g.batch * g.in_size();
+        let mut dx = Vec::with_capacity(len);
+        let sample = |_: usize, dx_n: &mut [MaybeUninit<T>], g_n: &[T]| {
+            matmul_uninit(k, ohw, g.c_out, dx_n, w, (1, k), g_n, (ohw, 1), parallelism)
+        };
+        for_each_sample(
+            parallelism,
+            &mut dx.spare_capacity_mut()[..len],
+            g.in_size(),
+            grad,
+            g.c_out * ohw,
+            sample,
+        );
+        // SAFETY: each sample's product wrote all k × ohw = in_size elements of its dx_n,
+        // and the samples cover the first len.
+        unsafe { dx.set_len(len) };
+        return dx;
+    }
+    let mut dx = vec![T::ZERO; g.batch * g.in_size()];
     let sample = |_: usize, dx_n: &mut [T], g_n: &[T]| {
         // Wᵀ (K×O): element (r, o) = w[o·K + r].
         let product = |dst: &mut [T]| {
@@ -733,14 +797,10 @@ fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
                 parallelism,
             )
         };
-        if g.is_pointwise() {
-            product(dx_n)
-        } else {
-            with_scratch(k * ohw, |cols| {
-                product(cols);
-                col2im(g, cols, dx_n);
-            })
-        }
+        with_scratch(k * ohw, |cols| {
+            product(cols);
+            col2im(g, cols, dx_n);
+        })
     };
     for_each_sample(
         parallelism,
