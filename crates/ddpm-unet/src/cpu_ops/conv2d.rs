@@ -888,12 +888,6 @@ fn grad_weight_bias<T: Element>(
         }
         dwt
     };
-    let add = |mut a: Vec<T>, b: Vec<T>| {
-        for (x, y) in a.iter_mut().zip(b) {
-            *x += y;
-        }
-        a
-    };
     let mut packed = if let Some(shape) = g.winograd() {
         winograd::grad_weight(&shape, x, grad)
     } else {
@@ -901,7 +895,7 @@ fn grad_weight_bias<T: Element>(
             .par_chunks(per_chunk * g.in_size())
             .zip(grad.par_chunks(per_chunk * o * ohw));
         let packed = if let Parallelism::None = parallelism {
-            chunks.map(partial).reduce(|| vec![T::ZERO; o * k], add)
+            element::sum_partials(chunks.map(partial).collect(), o * k)
         } else {
             partial((x, grad))
         };

@@ -40,7 +40,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::conv2d::matmul;
-use super::element::{with_scratch, Element};
+use super::element::{self, with_scratch, Element};
 use super::simd::vectorized_fn;
 
 /// Tiles per block, about: four 28×28 images, twelve 14×14 ones.
@@ -782,9 +782,9 @@ pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Ve
 /// ∂L/∂w (O, C, 3, 3) of [`forward`] from its input x and output gradient ∂Y, by the
 /// adjoint of the same algorithm: ∂U_ξ = Σ_tiles (A ∂Y Aᵀ)_ξ · V_ξᵀ with V = Bᵀ d B, then
 /// ∂w = Σ_ξ ∂U_ξ G_iu G_jv. Per group of samples (one thread each), the 36 products of each
-/// block accumulate ∂U_ξᵀ (C × O); the groups' sums are added (into the first: adding
-/// zeroed identities, as rayon's `reduce` does, cost a quarter of the time at 7×7), and one
-/// product with the [coefficients](filter_coefficients) gives ∂w.
+/// block accumulate ∂U_ξᵀ (C × O); the groups' sums are added
+/// ([`element::sum_partials`]), and one product with the
+/// [coefficients](filter_coefficients) gives ∂w.
 pub(super) fn grad_weight<T: Element>(s: &Shape3x3, x: &[T], dy: &[T]) -> Vec<T> {
     let plan = Plan::new(s);
     let grad_patches = Patches::new(s, 4, 0, s.c_out);
@@ -822,17 +822,13 @@ pub(super) fn grad_weight<T: Element>(s: &Shape3x3, x: &[T], dy: &[T]) -> Vec<T>
         dut
     };
     // One partial sum per group, added into the first: no zeroed identities to add.
-    let mut partials: Vec<Vec<T>> = x
-        .par_chunks(group * in_per)
-        .zip(dy.par_chunks(group * out_per))
-        .map(partial)
-        .collect();
-    let mut dut = partials.swap_remove(0);
-    for other in partials {
-        for (a, b) in dut.iter_mut().zip(other) {
-            *a += b;
-        }
-    }
+    let dut = element::sum_partials(
+        x.par_chunks(group * in_per)
+            .zip(dy.par_chunks(group * out_per))
+            .map(partial)
+            .collect(),
+        XI * kernels,
+    );
     // ∂w, element ((c, o), 3u + v): Σ_ξ ∂U_ξᵀ[c, o]·G_iu G_jv.
     let mut by_input = vec![T::ZERO; kernels * 9];
     matmul(
