@@ -514,38 +514,22 @@ pub(super) fn matmul_strided<T: Element>(
     (dst, dst_rs): (&mut [T], usize),
     accumulate: bool,
     lhs: &[T],
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[T],
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
     parallelism: Parallelism,
 ) {
     assert!(dst_rs >= n);
     assert!(m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n);
-    debug_assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    debug_assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the slices cover every element the strides address (dst's checked above,
-    // the operands' in debug builds and by construction of the callers' shapes), and dst
-    // does not alias lhs/rhs.
+    // SAFETY: dst holds every element the strides address (checked above), is initialised,
+    // and does not alias lhs/rhs (a unique borrow).
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
+        gemm_into(
+            (m, n, k),
+            (dst.as_mut_ptr(), dst_rs),
             accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            if accumulate { T::ONE } else { T::ZERO },
-            T::ONE,
-            false,
-            false,
-            false,
+            (lhs, lhs_strides),
+            (rhs, rhs_strides),
             parallelism,
         )
     }
@@ -560,32 +544,60 @@ fn matmul_uninit<T: Element>(
     k: usize,
     dst: &mut [MaybeUninit<T>],
     lhs: &[T],
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[T],
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
     parallelism: Parallelism,
 ) {
     assert!(dst.len() >= m * n);
+    // SAFETY: dst holds m × n elements (checked above) and does not alias lhs/rhs (a unique
+    // borrow); without accumulating, gemm never reads them.
+    unsafe {
+        gemm_into(
+            (m, n, k),
+            (dst.as_mut_ptr().cast::<T>(), n),
+            false,
+            (lhs, lhs_strides),
+            (rhs, rhs_strides),
+            parallelism,
+        )
+    }
+}
+
+/// dst (m × n, rows `dst_rs` apart) = lhs·rhs, or += when `accumulate`, by gemm; the
+/// operands' (row, column) strides given.
+///
+/// # Safety
+/// dst addresses (m − 1)·dst_rs + n writable elements that alias neither operand; they
+/// must be initialised when `accumulate` (otherwise gemm only writes them).
+unsafe fn gemm_into<T: Element>(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut T, usize),
+    accumulate: bool,
+    (lhs, (lhs_rs, lhs_cs)): (&[T], (usize, usize)),
+    (rhs, (rhs_rs, rhs_cs)): (&[T], (usize, usize)),
+    parallelism: Parallelism,
+) {
     debug_assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
     debug_assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: as in `matmul_strided`; with `read_dst` false gemm only writes dst, so its
-    // uninitialised elements are never read.
+    // SAFETY: dst by the caller's guarantee; the operands cover every element their strides
+    // address (in debug builds checked above, and by construction of the callers' shapes).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr().cast::<T>(),
+            dst,
             1,
-            n as isize,
-            false,
+            dst_rs as isize,
+            accumulate,
             lhs.as_ptr(),
             lhs_cs as isize,
             lhs_rs as isize,
             rhs.as_ptr(),
             rhs_cs as isize,
             rhs_rs as isize,
-            T::ZERO,
+            if accumulate { T::ONE } else { T::ZERO },
             T::ONE,
             false,
             false,
