@@ -52,6 +52,14 @@ const XI: usize = 36;
 /// Tiles (and pixels) per vector step: 16 f32 are one AVX-512 register.
 const LANES: usize = 16;
 
+/// The lanes of step q (tiles 16q … 16q + 15) that hold one of a block's `tiles` tiles.
+fn valid_lanes(tiles: usize, q: usize) -> u16 {
+    match tiles.saturating_sub(q * LANES) {
+        n if n >= LANES => u16::MAX,
+        n => ((1u32 << n) - 1) as u16,
+    }
+}
+
 /// The shapes of a 3×3 convolution with stride 1 and padding 1: input (B, C, H, W), output
 /// (B, O, H, W).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,9 +118,19 @@ struct Patches {
     /// are zero padding, or tiles past the block).
     offsets: Vec<i32>,
     masks: Vec<u16>,
+    /// E, the elements of a patch.
+    elements: usize,
 }
 
 impl Patches {
+    /// The offset of patch element `e` of lane `lane` in step `q`, or None where it is zero
+    /// padding (or `tile_valid` is false: a tile past the block).
+    fn offset(&self, q: usize, e: usize, lane: usize, tile_valid: bool) -> Option<usize> {
+        let at = q * self.elements + e;
+        (tile_valid && self.masks[at] & (1 << lane) != 0)
+            .then(|| self.offsets[at * LANES + lane] as usize)
+    }
+
     /// The `side`² patch of each tile whose corner lies `shift` rows and columns above and
     /// left of its outputs' corner, in planes of `channels` channels.
     fn new(s: &Shape3x3, side: usize, shift: usize, channels: usize) -> Patches {
@@ -140,7 +158,11 @@ impl Patches {
                 masks.push(mask);
             }
         }
-        Patches { offsets, masks }
+        Patches {
+            offsets,
+            masks,
+            elements: side * side,
+        }
     }
 }
 
@@ -278,11 +300,7 @@ vectorized_fn!(
             if let (Some(x), Some(v)) = (T::as_f32(x), T::as_f32_mut(v)) {
                 for c in 0..s.c_in {
                     for q in 0..stride / LANES {
-                        // Lanes of tiles past the block's: off.
-                        let valid = match tiles.saturating_sub(q * LANES) {
-                            n if n >= LANES => u16::MAX,
-                            n => ((1u32 << n) - 1) as u16,
-                        };
+                        let valid = valid_lanes(tiles, q);
                         // SAFETY: AVX-512F is available; the plan's offsets with the masks on
                         // lie in the block's samples (asserted above), and the 36 outputs at
                         // column q·16 in rows (ξ·C + c) of `stride` lie in v (asserted above).
@@ -306,12 +324,8 @@ vectorized_fn!(
                 let (q, lane) = (tile / LANES, tile % LANES);
                 let z: [[T; 6]; 6] = std::array::from_fn(|i| {
                     std::array::from_fn(|j| {
-                        let at = q * XI + 6 * i + j;
-                        if tile < tiles && plan.input.masks[at] & (1 << lane) != 0 {
-                            x[c * plane + plan.input.offsets[at * LANES + lane] as usize]
-                        } else {
-                            T::ZERO
-                        }
+                        let at = plan.input.offset(q, 6 * i + j, lane, tile < tiles);
+                        at.map_or(T::ZERO, |at| x[c * plane + at])
                     })
                 });
                 // d B, row by row, then Bᵀ (d B), column by column.
@@ -423,10 +437,7 @@ vectorized_fn!(
             if let (Some(dy), Some(z)) = (T::as_f32(dy), T::as_f32_mut(z)) {
                 for o in 0..s.c_out {
                     for q in 0..stride / LANES {
-                        let valid = match tiles.saturating_sub(q * LANES) {
-                            n if n >= LANES => u16::MAX,
-                            n => ((1u32 << n) - 1) as u16,
-                        };
+                        let valid = valid_lanes(tiles, q);
                         // SAFETY: AVX-512F is available; the offsets with the masks on lie
                         // in the block's samples, and the 36 outputs at column q·16 in rows
                         // (ξ·O + o) of `stride` lie in z (both asserted above).
@@ -450,12 +461,8 @@ vectorized_fn!(
                 let (q, lane) = (tile / LANES, tile % LANES);
                 let g: [[T; 4]; 4] = std::array::from_fn(|r| {
                     std::array::from_fn(|k| {
-                        let at = q * 16 + 4 * r + k;
-                        if tile < tiles && patches.masks[at] & (1 << lane) != 0 {
-                            dy[o * plane + patches.offsets[at * LANES + lane] as usize]
-                        } else {
-                            T::ZERO
-                        }
+                        let at = patches.offset(q, 4 * r + k, lane, tile < tiles);
+                        at.map_or(T::ZERO, |at| dy[o * plane + at])
                     })
                 });
                 // A g row by row (4 rows of 6), then A down each of the 6 columns.
