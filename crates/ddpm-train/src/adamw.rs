@@ -4,7 +4,9 @@ use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use rayon::prelude::*;
 
+use crate::fused_step::{self, Coefficients};
 use crate::{Result, TrainError};
 
 /// AdamW's hyper-parameters; the learning rate is given per step (see [`crate::WarmupSchedule`]).
@@ -63,6 +65,59 @@ struct Slot {
     v: Tensor,
 }
 
+impl Slot {
+    /// This variable's update from gradient g as tensor ops.
+    fn update_by_ops(&mut self, g: &Tensor, c: &Coefficients) -> candle_core::Result<()> {
+        // Detached: candle's backward detaches the gradients of intermediate tensors but not
+        // those of variables, which stay attached to the graph that computed them (with
+        // candle's own ops, e.g. ∂L/∂γ = Σ dy·x̂ holds x̂ and all before it). A moment
+        // computed from one would hold that step's whole forward pass, and the next step's
+        // moment this one: every step's activations, which ran f32 training on a GPU out of
+        // memory in 7 to 28 steps.
+        let g = g.detach().to_dtype(self.m.dtype())?;
+        self.m = ((&self.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
+        self.v = ((&self.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
+        let m_hat = (&self.m * c.inv_c1)?;
+        let v_hat = (&self.v * c.inv_c2)?;
+        let decayed = (self.var.as_tensor() * c.decay)?;
+        let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
+        self.var.set(&(decayed - (update * c.lr)?)?)
+    }
+
+    /// The same update in one pass ([`fused_step`]) where the variable, g and the moments
+    /// are contiguous CPU tensors of one type; otherwise as tensor ops.
+    fn update(&mut self, g: &Tensor, c: &Coefficients) -> candle_core::Result<()> {
+        match fused_step::adamw_update(c, [self.var.as_tensor(), g, &self.m, &self.v]) {
+            Some(result) => {
+                // New tensors, detached by construction.
+                let [theta, m, v] = result?;
+                self.var.set(&theta)?;
+                self.m = m;
+                self.v = v;
+                Ok(())
+            }
+            None => self.update_by_ops(g, c),
+        }
+    }
+}
+
+/// How [`AdamW::step`] computes the update (each computes every element with the same
+/// operations, so all three agree bit for bit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepForm {
+    /// Each variable in one pass over its memory, the variables in parallel (CPU tensors
+    /// of f32 or f64; others fall back to [`StepForm::PerVariable`]). The default on the
+    /// CPU.
+    Fused,
+    /// A dozen tensor ops per variable.
+    PerVariable,
+    /// The gradients and moments concatenated into flat vectors, a dozen whole-vector ops,
+    /// then two ops per variable, as PyTorch's `foreach` implementation groups its tensors.
+    /// The default off the CPU, where each op is a kernel launch. Steps where a variable
+    /// has no gradient run per variable.
+    Grouped,
+}
+
 /// AdamW over named variables, in the form PyTorch's `torch.optim.AdamW` computes it: at
 /// step k with gradient g and learning rate η,
 /// θ ← θ·(1 − η·λ); m ← β₁·m + (1 − β₁)·g; v ← β₂·v + (1 − β₂)·g²;
@@ -71,18 +126,15 @@ struct Slot {
 /// Unlike candle's `AdamW`, the moments and the step count are readable and restorable
 /// ([`AdamW::state`], [`AdamW::load_state`]), so a resumed run continues exactly.
 ///
-/// Off the CPU, a step whose every variable has a gradient runs grouped: the gradients and
-/// moments concatenated into flat vectors, a dozen whole-vector ops, then two ops per
-/// variable, as PyTorch's `foreach` implementation groups its tensors. On a GPU each op is a
-/// kernel launch, and the per-variable form's 15 per variable (4,800 a step for the
-/// fashion-mnist U-Net's 320 tensors) took 40 ms of a 160 ms step on an H200. On the CPU the
-/// per-variable form is faster (each variable's ops stay in cache: 23 ms a step against
-/// 27–32 grouped). Both compute every element with the same operations.
+/// Three forms compute the step ([`StepForm`]). On a GPU the per-variable form's 15 ops per
+/// variable (4,800 a step for the fashion-mnist U-Net's 320 tensors) took 40 ms of a
+/// 160 ms step on an H200, hence the grouped form there. On the CPU the per-variable form
+/// took 23 ms a step (the grouped 27–32), and the fused form takes about 3.
 pub struct AdamW {
     slots: Vec<Slot>,
     config: AdamWConfig,
     steps: u64,
-    grouped: Option<bool>,
+    form: Option<StepForm>,
 }
 
 impl AdamW {
@@ -103,14 +155,14 @@ impl AdamW {
             slots,
             config,
             steps: 0,
-            grouped: None,
+            form: None,
         })
     }
 
-    /// Forces the grouped step on or off (by default: on off the CPU), e.g. to compare the
-    /// two forms.
-    pub fn with_grouped_step(mut self, grouped: bool) -> Self {
-        self.grouped = Some(grouped);
+    /// Forces a form of the step (by default: fused on the CPU, grouped elsewhere), e.g.
+    /// to compare them.
+    pub fn with_step_form(mut self, form: StepForm) -> Self {
+        self.form = Some(form);
         self
     }
 
@@ -130,46 +182,50 @@ impl AdamW {
         } = self.config;
         let k = self.steps as i32;
         let (c1, c2) = (1.0 - beta1.powi(k), 1.0 - beta2.powi(k));
-        let grouped = self.grouped.unwrap_or_else(|| {
-            self.slots
-                .first()
-                .is_some_and(|slot| !slot.var.device().is_cpu())
+        let c = Coefficients {
+            beta1,
+            beta2,
+            inv_c1: 1.0 / c1,
+            inv_c2: 1.0 / c2,
+            eps,
+            lr,
+            decay: 1.0 - lr * weight_decay,
+        };
+        let form = self.form.unwrap_or_else(|| {
+            match self.slots.first().is_some_and(|s| s.var.device().is_cpu()) {
+                true => StepForm::Fused,
+                false => StepForm::Grouped,
+            }
         });
         let dtype = self.slots.first().map(|slot| slot.m.dtype());
-        if grouped
+        if form == StepForm::Grouped
             && self.slots.iter().all(|slot| {
                 grads.get(slot.var.as_tensor()).is_some() && Some(slot.m.dtype()) == dtype
             })
             && !self.slots.is_empty()
         {
-            return self.grouped_step(grads, lr, (c1, c2));
+            return self.grouped_step(grads, &c);
         }
-        for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else {
-                continue;
-            };
-            // Detached: candle's backward detaches the gradients of intermediate tensors but
-            // not those of variables, which stay attached to the graph that computed them
-            // (with candle's own ops, e.g. ∂L/∂γ = Σ dy·x̂ holds x̂ and all before it). A
-            // moment computed from one would hold that step's whole forward pass, and the
-            // next step's moment this one: every step's activations, which ran f32 training
-            // on a GPU out of memory in 7 to 28 steps.
-            let g = g.detach().to_dtype(slot.m.dtype())?;
-            slot.m = ((&slot.m * beta1)? + (&g * (1.0 - beta1))?)?.detach();
-            slot.v = ((&slot.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?.detach();
-            let m_hat = (&slot.m / c1)?;
-            let v_hat = (&slot.v / c2)?;
-            let decayed = (slot.var.as_tensor() * (1.0 - lr * weight_decay))?;
-            let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
-            slot.var.set(&(decayed - (update * lr)?)?)?;
+        let with_grads = self
+            .slots
+            .iter_mut()
+            .filter_map(|slot| Some((grads.get(slot.var.as_tensor())?, slot)));
+        if form == StepForm::Fused {
+            let with_grads: Vec<_> = with_grads.collect();
+            with_grads
+                .into_par_iter()
+                .try_for_each(|(g, slot)| slot.update(g, &c))?;
+        } else {
+            for (g, slot) in with_grads {
+                slot.update_by_ops(g, &c)?;
+            }
         }
         Ok(())
     }
 
     /// [`step`](Self::step) over flat vectors, for a step where every variable has a
     /// gradient; the moments become views into the new flat moments.
-    fn grouped_step(&mut self, grads: &GradStore, lr: f64, (c1, c2): (f64, f64)) -> Result<()> {
-        let c = self.config;
+    fn grouped_step(&mut self, grads: &GradStore, c: &Coefficients) -> Result<()> {
         let flat = |part: &dyn Fn(&Slot) -> candle_core::Result<Tensor>| {
             let parts = self
                 .slots
@@ -187,15 +243,15 @@ impl AdamW {
         let v = flat(&|slot| Ok(slot.v.clone()))?;
         let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
         let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
-        let m_hat = (&m / c1)?;
-        let v_hat = (&v / c2)?;
+        let m_hat = (&m * c.inv_c1)?;
+        let v_hat = (&v * c.inv_c2)?;
         let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
-        let scaled = (update * lr)?;
+        let scaled = (update * c.lr)?;
         let mut offset = 0;
         for slot in &mut self.slots {
             let (len, shape) = (slot.var.elem_count(), slot.var.shape().clone());
             let part = |t: &Tensor| t.narrow(0, offset, len)?.reshape(&shape);
-            let decayed = (slot.var.as_tensor() * (1.0 - lr * c.weight_decay))?;
+            let decayed = (slot.var.as_tensor() * c.decay)?;
             slot.var.set(&(decayed - part(&scaled)?)?)?;
             slot.m = part(&m)?;
             slot.v = part(&v)?;

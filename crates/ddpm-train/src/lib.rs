@@ -16,13 +16,14 @@ mod adamw;
 mod checkpoint;
 mod ema;
 mod error;
+mod fused_step;
 mod grad_clip;
 mod precision;
 mod seeded_init;
 mod trainer;
 mod warmup;
 
-pub use adamw::{AdamW, AdamWConfig};
+pub use adamw::{AdamW, AdamWConfig, StepForm};
 pub use checkpoint::{
     checkpoint_name, list_checkpoints, prune_checkpoints, Checkpoint, TrainingProgress,
 };

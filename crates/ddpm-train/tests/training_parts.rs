@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
-use ddpm_train::{clip_grad_norm, AdamW, AdamWConfig, Ema, WarmupSchedule};
+use ddpm_train::{clip_grad_norm, AdamW, AdamWConfig, Ema, StepForm, WarmupSchedule};
 
 fn var(values: &[f64]) -> Var {
     Var::from_tensor(&Tensor::new(values, &Device::Cpu).unwrap()).unwrap()
@@ -142,72 +142,108 @@ fn adamw_leaves_a_variable_without_gradient_alone() {
     assert_ne!(values(&b), b_before);
 }
 
-/// The grouped step (flat vectors, the default off the CPU) computes every element as the
-/// per-variable step does: the same values and moments, bit for bit, over steps with and
-/// without a variable's gradient, and its state restores into a per-variable optimizer.
+/// The three forms of the step (per variable, grouped in flat vectors as off the CPU, and
+/// fused as on the CPU) compute every element with the same operations: the same values
+/// and moments, bit for bit, in f64 and f32, over steps with and without a variable's
+/// gradient, with and without weight decay; and one form's state restores into another.
 #[test]
-fn adamw_grouped_step_matches_the_per_variable_one() {
-    let config = AdamWConfig {
-        weight_decay: 0.01,
-        ..AdamWConfig::default()
-    };
-    let make = |grouped: bool| {
-        let (a, b) = (var(&[0.5, 1.5, -0.25]), var(&[-1.0, 2.0]));
-        let opt = AdamW::new(
-            HashMap::from([("a".to_string(), a.clone()), ("b".to_string(), b.clone())]),
-            config,
-        )
-        .unwrap()
-        .with_grouped_step(grouped);
-        (a, b, opt)
-    };
-    let (a1, b1, mut per_variable) = make(false);
-    let (a2, b2, mut grouped) = make(true);
-    let steps: [(&[f64], Option<&[f64]>); 4] = [
-        (&[0.3, -0.7, 0.1], Some(&[1.0, 0.5])),
-        (&[0.1, 0.2, 0.3], None),
-        (&[-0.4, 0.2, 0.9], Some(&[0.5, -2.0])),
-        (&[0.0, 1.0, -1.0], Some(&[0.25, 0.75])),
-    ];
-    for (i, (ga, gb)) in steps.into_iter().enumerate() {
-        for (a, b, opt) in [(&a1, &b1, &mut per_variable), (&a2, &b2, &mut grouped)] {
-            let grads = match gb {
-                Some(gb) => grads_for(&[(a, ga), (b, gb)]),
-                None => grads_for(&[(a, ga)]),
-            };
-            opt.step(&grads, 0.05).unwrap();
+fn adamw_step_forms_agree_bit_for_bit() {
+    let forms = [StepForm::PerVariable, StepForm::Grouped, StepForm::Fused];
+    for (dtype, weight_decay) in [(DType::F64, 0.01), (DType::F32, 0.01), (DType::F32, 0.0)] {
+        let config = AdamWConfig {
+            weight_decay,
+            ..AdamWConfig::default()
+        };
+        let typed = |values: &[f64]| {
+            let t = Tensor::new(values, &Device::Cpu).unwrap();
+            Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap()
+        };
+        let make = |form: StepForm| {
+            // Sizes around the 8-element chunks and a larger variable.
+            let a = typed(&[0.5, 1.5, -0.25]);
+            let b = typed(&(0..37).map(|i| (i as f64 * 0.37).sin()).collect::<Vec<_>>());
+            let opt = AdamW::new(
+                HashMap::from([("a".to_string(), a.clone()), ("b".to_string(), b.clone())]),
+                config,
+            )
+            .unwrap()
+            .with_step_form(form);
+            (a, b, opt)
+        };
+        let read = |t: &Tensor| t.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+        // The gradient of Σ g·v, in v's type.
+        let grads = |pairs: &[(&Var, Vec<f64>)]| {
+            let mut loss = Tensor::new(0f64, &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            for (v, g) in pairs {
+                let g = Tensor::new(g.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                loss = (loss + (v.as_tensor() * g).unwrap().sum_all().unwrap()).unwrap();
+            }
+            loss.backward().unwrap()
+        };
+        let gb = |k: f64| {
+            (0..37)
+                .map(|i| (i as f64 * k).cos() * 3.0)
+                .collect::<Vec<_>>()
+        };
+        let mut runs: Vec<_> = forms.iter().map(|&form| make(form)).collect();
+        let steps: [(Vec<f64>, Option<Vec<f64>>); 4] = [
+            (vec![0.3, -0.7, 0.1], Some(gb(0.5))),
+            (vec![0.1, 0.2, 0.3], None),
+            (vec![-0.4, 0.2, 0.9], Some(gb(1.3))),
+            (vec![0.0, 1.0, -1.0], Some(gb(-0.2))),
+        ];
+        for (i, (ga, gb)) in steps.iter().enumerate() {
+            for (a, b, opt) in &mut runs {
+                let grads = match gb {
+                    Some(gb) => grads(&[(a, ga.clone()), (b, gb.clone())]),
+                    None => grads(&[(a, ga.clone())]),
+                };
+                opt.step(&grads, 0.05).unwrap();
+            }
+            let (a1, b1, first) = &runs[0];
+            for ((a, b, opt), form) in runs[1..].iter().zip(&forms[1..]) {
+                let label = format!("{dtype:?}, λ {weight_decay}, step {i}, {form:?}");
+                assert_eq!(read(a1.as_tensor()), read(a.as_tensor()), "a: {label}");
+                assert_eq!(read(b1.as_tensor()), read(b.as_tensor()), "b: {label}");
+                let (s1, s2) = (first.state(), opt.state());
+                for key in ["m.a", "v.a", "m.b", "v.b"] {
+                    assert_eq!(read(&s1[key]), read(&s2[key]), "{key}: {label}");
+                }
+            }
         }
-        assert_eq!(values(&a1), values(&a2), "a after step {i}");
-        assert_eq!(values(&b1), values(&b2), "b after step {i}");
-        let (s1, s2) = (per_variable.state(), grouped.state());
-        for key in ["m.a", "v.a", "m.b", "v.b"] {
+        // Fused → per variable, and per variable → grouped, from the same state.
+        for (from, to) in [(2, 0), (0, 1)] {
+            let (a_to, b_to, mut restored) = make(forms[to]);
+            let (a_from, b_from, opt_from) = &mut runs[from];
+            a_to.set(a_from.as_tensor()).unwrap();
+            b_to.set(b_from.as_tensor()).unwrap();
+            restored
+                .load_state(&opt_from.state(), opt_from.steps())
+                .unwrap();
+            opt_from
+                .step(&grads(&[(a_from, vec![0.2; 3]), (b_from, gb(0.9))]), 0.05)
+                .unwrap();
+            restored
+                .step(&grads(&[(&a_to, vec![0.2; 3]), (&b_to, gb(0.9))]), 0.05)
+                .unwrap();
             assert_eq!(
-                s1[key].to_vec1::<f64>().unwrap(),
-                s2[key].to_vec1::<f64>().unwrap(),
-                "{key} after step {i}"
+                read(a_from.as_tensor()),
+                read(a_to.as_tensor()),
+                "{dtype:?}"
+            );
+            assert_eq!(
+                read(b_from.as_tensor()),
+                read(b_to.as_tensor()),
+                "{dtype:?}"
             );
         }
     }
-    let (a3, b3, mut restored) = make(false);
-    a3.set(a2.as_tensor()).unwrap();
-    b3.set(b2.as_tensor()).unwrap();
-    restored
-        .load_state(&grouped.state(), grouped.steps())
-        .unwrap();
-    grouped
-        .step(
-            &grads_for(&[(&a2, &[0.2, 0.2, 0.2]), (&b2, &[0.1, 0.1])]),
-            0.05,
-        )
-        .unwrap();
-    restored
-        .step(
-            &grads_for(&[(&a3, &[0.2, 0.2, 0.2]), (&b3, &[0.1, 0.1])]),
-            0.05,
-        )
-        .unwrap();
-    assert_eq!(values(&a2), values(&a3));
-    assert_eq!(values(&b2), values(&b3));
 }
 
 #[allow(clippy::excessive_precision)]
@@ -322,14 +358,21 @@ fn ema_averages_are_not_tracked() {
 /// its per-variable and its grouped form).
 #[test]
 fn adamw_moments_and_clipped_gradients_are_not_tracked() {
-    for (clip, grouped) in [(Some(1e-3), false), (None, false), (None, true)] {
+    let forms = [
+        (Some(1e-3), StepForm::Fused),
+        (Some(1e-3), StepForm::PerVariable),
+        (None, StepForm::PerVariable),
+        (None, StepForm::Grouped),
+        (None, StepForm::Fused),
+    ];
+    for (clip, form) in forms {
         let (w, u) = (var(&[1.0, 2.0]), var(&[0.5, -1.5]));
         let mut opt = AdamW::new(
             HashMap::from([("w".to_string(), w.clone()), ("u".to_string(), u.clone())]),
             AdamWConfig::default(),
         )
         .unwrap()
-        .with_grouped_step(grouped);
+        .with_step_form(form);
         for step in 1..=3 {
             let x = (u.as_tensor() * 3.0).unwrap();
             let loss = (w.as_tensor() * &x)
@@ -354,7 +397,7 @@ fn adamw_moments_and_clipped_gradients_are_not_tracked() {
             for (name, moment) in opt.state() {
                 assert!(
                     !moment.track_op(),
-                    "{name} tracked after step {step}, clip {clip:?}, grouped {grouped}"
+                    "{name} tracked after step {step}, clip {clip:?}, {form:?}"
                 );
             }
         }
