@@ -354,8 +354,8 @@ fn ema_averages_are_not_tracked() {
 /// candle's own ops: here ∂L/∂w = x·dy with x computed from another variable) must not attach
 /// the moments: each step's moment would hold that step's forward pass and the previous
 /// moment, every step's activations (f32 training on CUDA ran out of memory in 7 to 28
-/// steps). Checked with clipping that rescales the gradients, and without (AdamW alone, in
-/// its per-variable and its grouped form).
+/// steps). Checked with clipping that rescales the gradients (one pass or tensor ops), and
+/// without (AdamW alone, in each of its three forms).
 #[test]
 fn adamw_moments_and_clipped_gradients_are_not_tracked() {
     let forms = [
