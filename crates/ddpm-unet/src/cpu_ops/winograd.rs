@@ -29,7 +29,8 @@
 //! over the tiles, and ∂w = Gᵀ ∂U G.
 //!
 //! Work is split over groups of samples, one thread each. A group's tiles are numbered
-//! sample by sample, row by row, and taken a block of whole samples (about [`BLOCK_TILES`]
+//! sample by sample, row by row, and taken a block of whole samples (about
+//! [`FORWARD_BLOCK_TILES`] or [`GRAD_BLOCK_TILES`]
 //! tiles) at a time, so that a block's V and M stay in the core's cache between the
 //! transforms and the products. The transforms work on 16 tiles at a time, whichever
 //! samples and rows they come from: the input patches are gathered by index tables
@@ -43,8 +44,17 @@ use super::conv2d::matmul;
 use super::element::{self, with_scratch, Element};
 use super::simd::vectorized_fn;
 
-/// Tiles per block, about: four 28×28 images, twelve 14×14 ones.
-const BLOCK_TILES: usize = 196;
+/// Tiles per block of [`forward`], about: one 28×28 image, four 14×14 ones, sixteen 7×7
+/// ones. A block's V and M (36·(C + O)·4 bytes a tile) then take 0.6 MB at 32 + 32
+/// channels and 1.5 MB at 160 + 64, inside the core's 2 MB L2 between the transforms and
+/// the products. With 196 tiles, 14×14 and 7×7 convolutions took 10–15% longer
+/// (session 12).
+const FORWARD_BLOCK_TILES: usize = 64;
+
+/// Tiles per block of [`grad_weight`], about: four 28×28 images. Its products sum over a
+/// block's tiles, and blocks of 64 tiles were slower (shorter sums, more of them); 98 was
+/// within the noise of 196.
+const GRAD_BLOCK_TILES: usize = 196;
 
 /// Positions of the 6×6 transforms.
 const XI: usize = 36;
@@ -87,9 +97,9 @@ impl Shape3x3 {
     fn plane(&self) -> usize {
         self.h * self.w
     }
-    /// Samples per block: about [`BLOCK_TILES`] tiles, at least one sample.
-    fn block(&self) -> usize {
-        (BLOCK_TILES / self.tiles()).max(1)
+    /// Samples per block of about `tiles` tiles, at least one sample.
+    fn block(&self, tiles: usize) -> usize {
+        (tiles / self.tiles()).max(1)
     }
     /// Samples per group: an even share of the batch per thread. (Whole blocks per group
     /// left 14×14 at batch 64 with groups of 24, 24 and 16 samples for two threads: one
@@ -101,7 +111,8 @@ impl Shape3x3 {
     /// Whether the gathers' offsets into a block (i32, see [`Patches`]) can reach all of it:
     /// false only past about 130,000 channels at 128×128.
     pub(super) fn offsets_fit(&self) -> bool {
-        self.block() * self.c_in.max(self.c_out) * self.plane() <= i32::MAX as usize
+        let block = self.block(FORWARD_BLOCK_TILES.max(GRAD_BLOCK_TILES));
+        block * self.c_in.max(self.c_out) * self.plane() <= i32::MAX as usize
     }
     /// Columns of a block's transforms: its tiles, rounded up to whole vector steps.
     fn columns(&self, samples: usize) -> usize {
@@ -120,6 +131,8 @@ struct Patches {
     masks: Vec<u16>,
     /// E, the elements of a patch.
     elements: usize,
+    /// Samples per block.
+    block: usize,
 }
 
 impl Patches {
@@ -133,8 +146,8 @@ impl Patches {
 
     /// The `side`² patch of each tile whose corner lies `shift` rows and columns above and
     /// left of its outputs' corner, in planes of `channels` channels.
-    fn new(s: &Shape3x3, side: usize, shift: usize, channels: usize) -> Patches {
-        let (tc, tiles, block) = (s.tile_cols(), s.tiles(), s.block());
+    fn new(s: &Shape3x3, block: usize, side: usize, shift: usize, channels: usize) -> Patches {
+        let (tc, tiles) = (s.tile_cols(), s.tiles());
         let (mut offsets, mut masks) = (Vec::new(), Vec::new());
         for q in 0..s.columns(block) / LANES {
             for e in 0..side * side {
@@ -162,11 +175,12 @@ impl Patches {
             offsets,
             masks,
             elements: side * side,
+            block,
         }
     }
 }
 
-/// The index tables of one shape, for a block of [`Shape3x3::block`] samples.
+/// The index tables of one shape, for blocks of a given number of samples.
 struct Plan {
     /// Each tile's 6×6 input patch d (rows and columns 4ty − 1 …, 4tx − 1 …).
     input: Patches,
@@ -177,11 +191,14 @@ struct Plan {
     output: Vec<i32>,
     /// Columns of the outputs' 16 rows: `columns(block)`.
     columns: usize,
+    /// Samples per block.
+    block: usize,
 }
 
 impl Plan {
-    fn new(s: &Shape3x3) -> Plan {
-        let (tc, columns) = (s.tile_cols(), s.columns(s.block()));
+    /// The tables for blocks of `block` samples.
+    fn new(s: &Shape3x3, block: usize) -> Plan {
+        let (tc, columns) = (s.tile_cols(), s.columns(block));
         let mut output = vec![0i32; s.plane().next_multiple_of(LANES)];
         for (p, slot) in output.iter_mut().take(s.plane()).enumerate() {
             let (y, x) = (p / s.w, p % s.w);
@@ -189,9 +206,10 @@ impl Plan {
             *slot = (row * columns + (y / 4) * tc + x / 4) as i32;
         }
         Plan {
-            input: Patches::new(s, 6, 1, s.c_in),
+            input: Patches::new(s, block, 6, 1, s.c_in),
             output,
             columns,
+            block,
         }
     }
 }
@@ -293,7 +311,7 @@ vectorized_fn!(
         v: &mut [T],
     ) => input_transform_generic {
         let (plane, tiles) = (s.plane(), samples * s.tiles());
-        assert!(x.len() >= samples * s.c_in * plane && stride <= s.columns(s.block()));
+        assert!(x.len() >= samples * s.c_in * plane && stride <= plan.columns);
         assert!(v.len() >= XI * s.c_in * stride && stride >= tiles);
         #[cfg(target_arch = "x86_64")]
         if super::avx512::available() {
@@ -430,7 +448,7 @@ vectorized_fn!(
         z: &mut [T],
     ) => grad_transform_generic {
         let (plane, tiles) = (s.plane(), samples * s.tiles());
-        assert!(dy.len() >= samples * s.c_out * plane && stride <= s.columns(s.block()));
+        assert!(dy.len() >= samples * s.c_out * plane && stride <= s.columns(patches.block));
         assert!(z.len() >= XI * s.c_out * stride && stride >= tiles);
         #[cfg(target_arch = "x86_64")]
         if super::avx512::available() {
@@ -723,9 +741,9 @@ mod kernels {
 /// output channel (O) or per sample and channel (B·O).
 pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let u = filter_transform(s, w);
-    let plan = Plan::new(s);
+    let plan = Plan::new(s, s.block(FORWARD_BLOCK_TILES));
     let per_channel = b.len() == s.c_out;
-    let (group, block, plane) = (s.group(), s.block(), s.plane());
+    let (group, block, plane) = (s.group(), plan.block, s.plane());
     let (in_per, out_per) = (s.c_in * plane, s.c_out * plane);
     let len = s.batch * out_per;
     let most = s.columns(block);
@@ -793,9 +811,9 @@ pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Ve
 /// ([`element::sum_partials`]), and one product with the
 /// [coefficients](filter_coefficients) gives ∂w.
 pub(super) fn grad_weight<T: Element>(s: &Shape3x3, x: &[T], dy: &[T]) -> Vec<T> {
-    let plan = Plan::new(s);
-    let grad_patches = Patches::new(s, 4, 0, s.c_out);
-    let (group, block, plane) = (s.group(), s.block(), s.plane());
+    let plan = Plan::new(s, s.block(GRAD_BLOCK_TILES));
+    let grad_patches = Patches::new(s, plan.block, 4, 0, s.c_out);
+    let (group, block, plane) = (s.group(), plan.block, s.plane());
     let (in_per, out_per, kernels) = (s.c_in * plane, s.c_out * plane, s.c_in * s.c_out);
     let most = s.columns(block);
     let partial = |(x_g, dy_g): (&[T], &[T])| -> Vec<T> {
@@ -911,7 +929,16 @@ mod tests {
     /// Even and odd sizes (odd ones have tiles that hang over the edge), blocks of one and
     /// several samples, groups of one and several blocks (the 4×450 images: 113 tiles, a
     /// block a sample), a single column and row, and a batch beyond 16.
-    const SHAPES: [Shape3x3; 7] = [
+    const SHAPES: [Shape3x3; 8] = [
+        // 16 tiles a sample: with two threads, groups of 6 samples, in the forward pass a
+        // block of 4 and a partial one of 2, in the weight gradient one partial block.
+        Shape3x3 {
+            batch: 12,
+            c_in: 3,
+            c_out: 2,
+            h: 16,
+            w: 16,
+        },
         // Groups of 10 samples (with two threads) in one block each, 6 tiles a sample.
         Shape3x3 {
             batch: 20,
