@@ -53,9 +53,8 @@ use super::simd::vectorized_fn;
 /// (session 12).
 const FORWARD_BLOCK_TILES: usize = 64;
 
-/// Tiles per block of [`grad_weight`], about: four 28×28 images. Its products sum over a
-/// block's tiles, and blocks of 64 tiles were slower (shorter sums, more of them); 98 was
-/// within the noise of 196.
+/// Tiles per block of [`grad_weight`] for images of more than 16 tiles, about: four 28×28
+/// images (see [`Shape3x3::grad_block`]).
 const GRAD_BLOCK_TILES: usize = 196;
 
 /// Positions of the 6×6 transforms.
@@ -102,6 +101,16 @@ impl Shape3x3 {
     /// Samples per block of about `tiles` tiles, at least one sample.
     fn block(&self, tiles: usize) -> usize {
         (tiles / self.tiles()).max(1)
+    }
+    /// Samples per block of [`grad_weight`]: as the forward's for small images (four or more
+    /// to a block), about [`GRAD_BLOCK_TILES`] tiles for larger ones. Session 12's
+    /// interleaved probes: blocks of 64 tiles took 10–17% less time than 196 at 14×14 and
+    /// 7×7; at 28×28 a 64-tile block is one image (49 tiles in 64 columns) and was slower.
+    fn grad_block(&self) -> usize {
+        match self.block(FORWARD_BLOCK_TILES) {
+            samples if samples >= 4 => samples,
+            _ => self.block(GRAD_BLOCK_TILES),
+        }
     }
     /// Samples per group: an even share of the batch per thread. (Whole blocks per group
     /// left 14×14 at batch 64 with groups of 24, 24 and 16 samples for two threads: one
@@ -851,7 +860,7 @@ pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Ve
 /// ([`element::sum_partials`]), and one product with the
 /// [coefficients](filter_coefficients) gives ∂w.
 pub(super) fn grad_weight<T: Element>(s: &Shape3x3, x: &[T], dy: &[T]) -> Vec<T> {
-    let plan = Plan::cached(s, s.block(GRAD_BLOCK_TILES));
+    let plan = Plan::cached(s, s.grad_block());
     let grad_patches = cached(&GRAD_PATCHES, s, plan.block, || {
         Patches::new(s, plan.block, 4, 0, s.c_out)
     });
@@ -972,8 +981,8 @@ mod tests {
     /// several samples, groups of one and several blocks (the 4×450 images: 113 tiles, a
     /// block a sample), a single column and row, and a batch beyond 16.
     const SHAPES: [Shape3x3; 8] = [
-        // 16 tiles a sample: with two threads, groups of 6 samples, in the forward pass a
-        // block of 4 and a partial one of 2, in the weight gradient one partial block.
+        // 16 tiles a sample: with two threads, groups of 6 samples, in blocks of 4 and a
+        // partial one of 2.
         Shape3x3 {
             batch: 12,
             c_in: 3,
