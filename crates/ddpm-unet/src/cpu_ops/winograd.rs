@@ -30,9 +30,8 @@
 //!
 //! Work is split over groups of samples, one thread each. A group's tiles are numbered
 //! sample by sample, row by row, and taken a block of whole samples (about
-//! [`FORWARD_BLOCK_TILES`] or [`GRAD_BLOCK_TILES`]
-//! tiles) at a time, so that a block's V and M stay in the core's cache between the
-//! transforms and the products. The transforms work on 16 tiles at a time, whichever
+//! [`FORWARD_BLOCK_TILES`] or [`GRAD_BLOCK_TILES`] tiles) at a time, so that a block's V
+//! and M stay in the core's cache between the transforms and the products. The transforms work on 16 tiles at a time, whichever
 //! samples and rows they come from: the input patches are gathered by index tables
 //! ([`Plan`]), and the outputs are gathered back into the image's rows the same way.
 
@@ -48,8 +47,8 @@ use super::simd::vectorized_fn;
 
 /// Tiles per block of [`forward`], about: one 28×28 image, four 14×14 ones, sixteen 7×7
 /// ones. A block's V and M (36·(C + O)·4 bytes a tile) then take 0.6 MB at 32 + 32
-/// channels and 1.5 MB at 160 + 64, inside the core's 2 MB L2 between the transforms and
-/// the products. With 196 tiles, 14×14 and 7×7 convolutions took 10–15% longer
+/// channels and 1.2 MB at 64 + 64, against 1.9 and 3.8 MB with 196 tiles, beyond the
+/// core's 2 MB L2. With 196 tiles, 14×14 and 7×7 convolutions took 10–15% longer
 /// (session 12).
 const FORWARD_BLOCK_TILES: usize = 64;
 
