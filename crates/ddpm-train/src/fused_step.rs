@@ -105,9 +105,13 @@ fn update<T: Real>(c: &Coefficients, [theta, g, m, v]: [&[T]; 4]) -> [Vec<T>; 3]
     let (lr, decay) = (k(c.lr), k(c.decay));
     let (zero, one) = (T::zero(), T::one());
     let n = theta.len();
-    // Zero-filled first (a vectorised fill), so that the loop below is plain stores.
-    let [mut theta_new, mut m_new, mut v_new] = [(); 3].map(|_| vec![zero; n]);
-    let outputs = theta_new.iter_mut().zip(&mut m_new).zip(&mut v_new);
+    assert!(g.len() == n && m.len() == n && v.len() == n);
+    // Written into uninitialised capacity, with plain stores: a zero fill first would be
+    // three more passes over the parameters (40 ms a step for cifar10-ddpm's 36 million).
+    let [mut theta_new, mut m_new, mut v_new] = [(); 3].map(|_| Vec::<T>::with_capacity(n));
+    let outputs = (theta_new.spare_capacity_mut()[..n].iter_mut())
+        .zip(&mut m_new.spare_capacity_mut()[..n])
+        .zip(&mut v_new.spare_capacity_mut()[..n]);
     let inputs = theta.iter().zip(g).zip(m).zip(v);
     for (((t_new, m_new), v_new), (((&t, &g), &m), &v)) in outputs.zip(inputs) {
         // Each line is one or two of the per-variable form's ops, `x * c` being x·c + 0.
@@ -116,9 +120,16 @@ fn update<T: Real>(c: &Coefficients, [theta, g, m, v]: [&[T]; 4]) -> [Vec<T>; 3]
         let m_hat = m * inv_c1 + zero;
         let v_hat = v * inv_c2 + zero;
         let step = (m_hat / (v_hat.sqrt() * one + eps)) * lr + zero;
-        *t_new = (t * decay + zero) - step;
-        *m_new = m;
-        *v_new = v;
+        t_new.write((t * decay + zero) - step);
+        m_new.write(m);
+        v_new.write(v);
+    }
+    // SAFETY: the loop wrote the first n elements of each (all four inputs hold n, asserted
+    // above).
+    unsafe {
+        theta_new.set_len(n);
+        m_new.set_len(n);
+        v_new.set_len(n);
     }
     [theta_new, m_new, v_new]
 }
