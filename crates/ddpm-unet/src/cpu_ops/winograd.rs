@@ -62,6 +62,15 @@ const XI: usize = 36;
 /// Tiles (and pixels) per vector step: 16 f32 are one AVX-512 register.
 const LANES: usize = 16;
 
+/// Elements from one of the 36 matrices of a block's transforms (V, M, Z: `rows` × `stride`)
+/// to the next: their rows, and one cache line more. Without the line, the 36 elements a
+/// tile's transform writes or reads (one per matrix) lie a multiple of 4 KB apart whenever
+/// `rows`·`stride` is a multiple of 1,024 (always, for channel counts that are multiples of
+/// 16), so all fall into one of the L1 cache's 64 sets, whose 12 ways cannot hold them.
+fn matrix_stride(rows: usize, stride: usize) -> usize {
+    rows * stride + LANES
+}
+
 /// The lanes of step q (tiles 16q … 16q + 15) that hold one of a block's `tiles` tiles.
 fn valid_lanes(tiles: usize, q: usize) -> u16 {
     match tiles.saturating_sub(q * LANES) {
@@ -347,9 +356,9 @@ fn a<T: Element>(g: [T; 4]) -> [T; 6] {
 
 vectorized_fn!(
     /// V = Bᵀ d B for a block of `samples` samples starting at `x` (the first one's input,
-    /// C planes each, then the others'): 36 matrices C × `stride`, element (ξ, c, tile),
-    /// with the columns past the block's tiles zero. f32 on AVX-512 CPUs by 16-lane gathers
-    /// and registers; otherwise tile by tile.
+    /// C planes each, then the others'): 36 matrices C × `stride` ([`matrix_stride`]
+    /// apart), element (ξ, c, tile), with the columns past the block's tiles zero. f32 on
+    /// AVX-512 CPUs by 16-lane gathers and registers; otherwise tile by tile.
     fn input_transform<T: Element>(
         s: &Shape3x3,
         plan: &Plan,
@@ -360,7 +369,7 @@ vectorized_fn!(
     ) => input_transform_generic {
         let (plane, tiles) = (s.plane(), samples * s.tiles());
         assert!(x.len() >= samples * s.c_in * plane && stride <= plan.columns);
-        assert!(v.len() >= XI * s.c_in * stride && stride >= tiles);
+        assert!(v.len() >= XI * matrix_stride(s.c_in, stride) && stride >= tiles);
         #[cfg(target_arch = "x86_64")]
         if super::avx512::available() {
             if let (Some(x), Some(v)) = (T::as_f32(x), T::as_f32_mut(v)) {
@@ -377,7 +386,7 @@ vectorized_fn!(
                                 &plan.input.masks[q * XI..][..XI],
                                 valid,
                                 v.as_mut_ptr().add(c * stride + q * LANES),
-                                s.c_in * stride,
+                                matrix_stride(s.c_in, stride),
                             )
                         };
                     }
@@ -399,7 +408,7 @@ vectorized_fn!(
                 for j in 0..6 {
                     let column = bt(std::array::from_fn(|i| rows[i][j]));
                     for (i, &value) in column.iter().enumerate() {
-                        v[((6 * i + j) * s.c_in + c) * stride + tile] = value;
+                        v[(6 * i + j) * matrix_stride(s.c_in, stride) + c * stride + tile] = value;
                     }
                 }
             }
@@ -424,7 +433,7 @@ vectorized_fn!(
         scratch: &mut [T],
     ) => output_transform_generic {
         let (plane, tiles) = (s.plane(), s.tiles());
-        assert!(y.len() >= samples * s.c_out * plane && m.len() >= XI * s.c_out * stride);
+        assert!(y.len() >= samples * s.c_out * plane && m.len() >= XI * matrix_stride(s.c_out, stride));
         assert!(scratch.len() >= 16 * plan.columns && stride <= plan.columns);
         assert!(samples * tiles <= stride);
         for o in 0..s.c_out {
@@ -440,7 +449,7 @@ vectorized_fn!(
                         unsafe {
                             kernels::output_tiles(
                                 m.as_ptr().add(o * stride + q * LANES),
-                                s.c_out * stride,
+                                matrix_stride(s.c_out, stride),
                                 out.as_mut_ptr().add(q * LANES),
                                 plan.columns,
                             )
@@ -461,7 +470,7 @@ vectorized_fn!(
             }
             for tile in 0..samples * tiles {
                 // Aᵀ M, column by column, then (Aᵀ M) A, row by row.
-                let at_m = |xi: usize| m[(xi * s.c_out + o) * stride + tile];
+                let at_m = |xi: usize| m[xi * matrix_stride(s.c_out, stride) + o * stride + tile];
                 let columns: [[T; 4]; 6] =
                     std::array::from_fn(|j| at(std::array::from_fn(|i| at_m(6 * i + j))));
                 for a in 0..4 {
@@ -484,9 +493,10 @@ vectorized_fn!(
 
 vectorized_fn!(
     /// Z = A ∂Y Aᵀ for a block of `samples` samples starting at `dy` (the first one's output
-    /// gradient, O planes each): 36 matrices O × `stride`, element (ξ, o, tile), with the
-    /// columns past the block's tiles zero. ∂Y is zero outside the image. f32 on AVX-512
-    /// CPUs by 16-lane gathers and registers; otherwise tile by tile.
+    /// gradient, O planes each): 36 matrices O × `stride` ([`matrix_stride`] apart),
+    /// element (ξ, o, tile), with the columns past the block's tiles zero. ∂Y is zero
+    /// outside the image. f32 on AVX-512 CPUs by 16-lane gathers and registers; otherwise
+    /// tile by tile.
     fn grad_transform<T: Element>(
         s: &Shape3x3,
         patches: &Patches,
@@ -497,7 +507,7 @@ vectorized_fn!(
     ) => grad_transform_generic {
         let (plane, tiles) = (s.plane(), samples * s.tiles());
         assert!(dy.len() >= samples * s.c_out * plane && stride <= s.columns(patches.block));
-        assert!(z.len() >= XI * s.c_out * stride && stride >= tiles);
+        assert!(z.len() >= XI * matrix_stride(s.c_out, stride) && stride >= tiles);
         #[cfg(target_arch = "x86_64")]
         if super::avx512::available() {
             if let (Some(dy), Some(z)) = (T::as_f32(dy), T::as_f32_mut(z)) {
@@ -514,7 +524,7 @@ vectorized_fn!(
                                 &patches.masks[q * 16..][..16],
                                 valid,
                                 z.as_mut_ptr().add(o * stride + q * LANES),
-                                s.c_out * stride,
+                                matrix_stride(s.c_out, stride),
                             )
                         };
                     }
@@ -536,7 +546,7 @@ vectorized_fn!(
                 for j in 0..6 {
                     let column = a(std::array::from_fn(|r| rows[r][j]));
                     for (i, &value) in column.iter().enumerate() {
-                        z[((6 * i + j) * s.c_out + o) * stride + tile] = value;
+                        z[(6 * i + j) * matrix_stride(s.c_out, stride) + o * stride + tile] = value;
                     }
                 }
             }
@@ -801,7 +811,10 @@ pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Ve
         .zip(x.par_chunks(group * in_per))
         .enumerate()
         .for_each(|(index, (y_g, x_g))| {
-            let (v_len, m_len) = (XI * s.c_in * most, XI * s.c_out * most);
+            let (v_len, m_len) = (
+                XI * matrix_stride(s.c_in, most),
+                XI * matrix_stride(s.c_out, most),
+            );
             with_scratch(v_len + m_len + 16 * most, |scratch: &mut [T]| {
                 let (v, rest) = scratch.split_at_mut(v_len);
                 let (m, small) = rest.split_at_mut(m_len);
@@ -824,11 +837,11 @@ pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Ve
                             s.c_out,
                             stride,
                             s.c_in,
-                            &mut m[xi * s.c_out * stride..],
+                            &mut m[xi * matrix_stride(s.c_out, stride)..],
                             false,
                             &u[xi * s.c_out * s.c_in..],
                             (s.c_in, 1),
-                            &v[xi * s.c_in * stride..],
+                            &v[xi * matrix_stride(s.c_in, stride)..],
                             (stride, 1),
                             gemm::Parallelism::None,
                         );
@@ -868,7 +881,10 @@ pub(super) fn grad_weight<T: Element>(s: &Shape3x3, x: &[T], dy: &[T]) -> Vec<T>
     let most = s.columns(block);
     let partial = |(x_g, dy_g): (&[T], &[T])| -> Vec<T> {
         let mut dut = vec![T::ZERO; XI * kernels];
-        let (v_len, z_len) = (XI * s.c_in * most, XI * s.c_out * most);
+        let (v_len, z_len) = (
+            XI * matrix_stride(s.c_in, most),
+            XI * matrix_stride(s.c_out, most),
+        );
         with_scratch(v_len + z_len, |scratch: &mut [T]| {
             let (v, z) = scratch.split_at_mut(v_len);
             let samples = x_g.len() / in_per;
@@ -885,9 +901,9 @@ pub(super) fn grad_weight<T: Element>(s: &Shape3x3, x: &[T], dy: &[T]) -> Vec<T>
                         stride,
                         &mut dut[xi * kernels..],
                         first > 0,
-                        &v[xi * s.c_in * stride..],
+                        &v[xi * matrix_stride(s.c_in, stride)..],
                         (stride, 1),
-                        &z[xi * s.c_out * stride..],
+                        &z[xi * matrix_stride(s.c_out, stride)..],
                         (1, stride),
                         gemm::Parallelism::None,
                     );
