@@ -31,9 +31,11 @@
 //! Work is split over groups of samples, one thread each. A group's tiles are numbered
 //! sample by sample, row by row, and taken a block of whole samples (about
 //! [`FORWARD_BLOCK_TILES`] or [`GRAD_BLOCK_TILES`] tiles) at a time, so that a block's V
-//! and M stay in the core's cache between the transforms and the products. The transforms work on 16 tiles at a time, whichever
-//! samples and rows they come from: the input patches are gathered by index tables
-//! ([`Plan`]), and the outputs are gathered back into the image's rows the same way.
+//! and M stay in the core's cache between the transforms and the products. The transforms
+//! work on 16 tiles at a time, whichever samples and rows they come from: the input patches
+//! are read by contiguous loads and permutes ([`input_transform`]), the output gradient's
+//! patches are gathered by index tables ([`Patches`]), and the outputs are gathered back
+//! into the image's rows by the [`Plan`]'s table.
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
@@ -69,6 +71,13 @@ const LANES: usize = 16;
 /// 16), so all fall into one of the L1 cache's 64 sets, whose 12 ways cannot hold them.
 fn matrix_stride(rows: usize, stride: usize) -> usize {
     rows * stride + LANES
+}
+
+/// Elements of each of the 6 rows of E (stage 1 of [`input_transform`]'s AVX-512 path) for
+/// `stride` columns: a vector before position 0 (position −1 is read), the 4·`stride`
+/// positions, and a vector after (positions 4·`stride` and 4·`stride` + 1 are read).
+fn e_len(stride: usize) -> usize {
+    LANES + 4 * stride + LANES
 }
 
 /// The lanes of step q (tiles 16q … 16q + 15) that hold one of a block's `tiles` tiles.
@@ -201,8 +210,9 @@ impl Patches {
 
 /// The index tables of one shape, for blocks of a given number of samples.
 struct Plan {
-    /// Each tile's 6×6 input patch d (rows and columns 4ty − 1 …, 4tx − 1 …).
-    input: Patches,
+    /// Per vector step q of a block's tiles (16q … 16q + 15): the lanes of tiles in the
+    /// first tile column, and those in the last (see [`input_transform`]).
+    edges: Vec<(u16, u16)>,
     /// Pixel p of an image: `output[p]`, where to find it among a block's outputs of one
     /// channel, laid out as 16 rows (the tile's output (a, b) in row 4a + b) of
     /// `columns(block)` tiles; for sample s add s·⌈H/4⌉·⌈W/4⌉. Padded with zeros to whole
@@ -224,8 +234,18 @@ impl Plan {
             let row = 4 * (y % 4) + x % 4;
             *slot = (row * columns + (y / 4) * tc + x / 4) as i32;
         }
+        let edges = (0..columns / LANES)
+            .map(|q| {
+                let lanes = |column: usize| {
+                    (0..LANES)
+                        .filter(|lane| (q * LANES + lane) % tc == column)
+                        .fold(0u16, |mask, lane| mask | 1 << lane)
+                };
+                (lanes(0), lanes(tc - 1))
+            })
+            .collect();
         Plan {
-            input: Patches::new(s, block, 6, 1, s.c_in),
+            edges,
             output,
             columns,
             block,
@@ -357,8 +377,22 @@ fn a<T: Element>(g: [T; 4]) -> [T; 6] {
 vectorized_fn!(
     /// V = Bᵀ d B for a block of `samples` samples starting at `x` (the first one's input,
     /// C planes each, then the others'): 36 matrices C × `stride` ([`matrix_stride`]
-    /// apart), element (ξ, c, tile), with the columns past the block's tiles zero. f32 on
-    /// AVX-512 CPUs by 16-lane gathers and registers; otherwise tile by tile.
+    /// apart), element (ξ, c, tile), with the columns past the block's tiles zero. `e`:
+    /// scratch of 6·[`e_len`]`(stride)` elements.
+    ///
+    /// f32 on AVX-512 CPUs, channel by channel, in two stages without gathers (16-lane
+    /// gathers of each tile's 36 elements took 23–27% of a forward convolution):
+    /// 1. Down the rows ([`kernels::down_rows`]): E_i = Σ_k Bᵀ_ik x[4ty − 1 + k, ·] for each
+    ///    tile row and i, from contiguous loads of the image rows. Tile row r of the block
+    ///    (sample, ty) is stored at positions 4⌈W/4⌉·r + x (x < 4⌈W/4⌉), so that column
+    ///    4tx − 1 + l of tile t = (r, tx) lies at position 4t − 1 + l.
+    /// 2. Along the columns, 16 tiles at a time ([`kernels::along_columns`]): the stride-4
+    ///    positions 4t − 1 + l of each E_i by permutes of 64 consecutive ones, and
+    ///    V_ij = Σ_l Bᵀ_jl E_i[4t − 1 + l], stored whole. Column −1 of a row's first tile and
+    ///    column 4⌈W/4⌉ of its last (positions of the neighbouring rows) are zero padding:
+    ///    those lanes are masked ([`Plan::edges`]).
+    ///
+    /// Otherwise tile by tile.
     fn input_transform<T: Element>(
         s: &Shape3x3,
         plan: &Plan,
@@ -366,41 +400,57 @@ vectorized_fn!(
         samples: usize,
         stride: usize,
         v: &mut [T],
+        e: &mut [T],
     ) => input_transform_generic {
         let (plane, tiles) = (s.plane(), samples * s.tiles());
+        let v_stride = matrix_stride(s.c_in, stride);
         assert!(x.len() >= samples * s.c_in * plane && stride <= plan.columns);
-        assert!(v.len() >= XI * matrix_stride(s.c_in, stride) && stride >= tiles);
+        assert!(v.len() >= XI * v_stride && stride >= tiles && stride.is_multiple_of(LANES));
         #[cfg(target_arch = "x86_64")]
         if super::avx512::available() {
-            if let (Some(x), Some(v)) = (T::as_f32(x), T::as_f32_mut(v)) {
+            if let (Some(x), Some(v), Some(e)) = (T::as_f32(x), T::as_f32_mut(v), T::as_f32_mut(e)) {
+                let e_stride = e_len(stride);
+                assert!(e.len() >= 6 * e_stride);
                 for c in 0..s.c_in {
-                    for q in 0..stride / LANES {
-                        let valid = valid_lanes(tiles, q);
-                        // SAFETY: AVX-512F is available; the plan's offsets with the masks on
-                        // lie in the block's samples (asserted above), and the 36 outputs at
-                        // column q·16 in rows (ξ·C + c) of `stride` lie in v (asserted above).
-                        unsafe {
-                            kernels::gather_input(
-                                x.as_ptr().add(c * plane),
-                                &plan.input.offsets[q * XI * LANES..][..XI * LANES],
-                                &plan.input.masks[q * XI..][..XI],
-                                valid,
-                                v.as_mut_ptr().add(c * stride + q * LANES),
-                                matrix_stride(s.c_in, stride),
-                            )
-                        };
+                    // SAFETY: AVX-512F is available; the samples' planes of channel c lie in
+                    // x, E_i's positions −1 … 4·stride + 1 in e, and the columns of rows
+                    // (ξ, c) in v (all asserted above).
+                    unsafe {
+                        kernels::down_rows(
+                            s,
+                            &x[c * plane..],
+                            samples,
+                            e[LANES..].as_mut_ptr(),
+                            e_stride,
+                        );
+                        kernels::along_columns(
+                            &plan.edges[..stride / LANES],
+                            tiles,
+                            e[LANES..].as_ptr(),
+                            e_stride,
+                            v[c * stride..].as_mut_ptr(),
+                            v_stride,
+                        );
                     }
                 }
                 return;
             }
         }
+        let _ = e;
         for c in 0..s.c_in {
             for tile in 0..stride {
-                let (q, lane) = (tile / LANES, tile % LANES);
+                let (sample, within) = (tile / s.tiles(), tile % s.tiles());
+                let (y0, x0) = (4 * (within / s.tile_cols()), 4 * (within % s.tile_cols()));
+                // The patch: rows y0 − 1 … y0 + 4 and columns x0 − 1 … x0 + 4, zero outside
+                // the image and past the block's tiles.
                 let z: [[T; 6]; 6] = std::array::from_fn(|i| {
                     std::array::from_fn(|j| {
-                        let at = plan.input.offset(q, 6 * i + j, lane, tile < tiles);
-                        at.map_or(T::ZERO, |at| x[c * plane + at])
+                        let (y, x_at) = ((y0 + i).wrapping_sub(1), (x0 + j).wrapping_sub(1));
+                        if tile < tiles && y < s.h && x_at < s.w {
+                            x[(sample * s.c_in + c) * plane + y * s.w + x_at]
+                        } else {
+                            T::ZERO
+                        }
                     })
                 });
                 // d B, row by row, then Bᵀ (d B), column by column.
@@ -408,7 +458,7 @@ vectorized_fn!(
                 for j in 0..6 {
                     let column = bt(std::array::from_fn(|i| rows[i][j]));
                     for (i, &value) in column.iter().enumerate() {
-                        v[(6 * i + j) * matrix_stride(s.c_in, stride) + c * stride + tile] = value;
+                        v[(6 * i + j) * v_stride + c * stride + tile] = value;
                     }
                 }
             }
@@ -559,7 +609,7 @@ mod kernels {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    use super::{LANES, XI};
+    use super::LANES;
 
     /// [`super::bt`] on 16 lanes, with fused multiply-adds.
     ///
@@ -677,52 +727,122 @@ mod kernels {
         }
     }
 
-    /// V = Bᵀ d B for 16 tiles: d's 36 elements gathered from `x` at the `offsets` (36 × 16)
-    /// under `masks & valid` (zero elsewhere), the 36 results stored at `v + ξ·v_stride`.
+    /// Stage 1 of [`super::input_transform`] for one channel of a block of `samples`
+    /// samples (`x` at its plane in the first sample; the next sample's C·H·W further):
+    /// E_i[4⌈W/4⌉·r + x] = Σ_k Bᵀ_ik x[4ty − 1 + k, x] for each tile row r = (sample, ty)
+    /// and column x < 4⌈W/4⌉ (zero outside the image), E_i at `e + i·e_stride`.
     ///
     /// # Safety
-    /// AVX-512F; every offset with its lane on lies in x's allocation, and the 36 stores of
-    /// 16 elements lie in v's.
-    // The index loops read the 6×6 values by columns: a transpose.
-    #[allow(clippy::needless_range_loop)]
-    #[inline]
+    /// AVX-512F; E_i's positions 0 … 4·tiles − 1 lie in e's allocation.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gather_input(
-        x: *const f32,
-        offsets: &[i32],
-        masks: &[u16],
-        valid: u16,
+    pub(super) unsafe fn down_rows(
+        s: &super::Shape3x3,
+        x: &[f32],
+        samples: usize,
+        e: *mut f32,
+        e_stride: usize,
+    ) {
+        let (h, w, plane) = (s.h, s.w, s.plane());
+        let (pitch, tile_rows) = (4 * s.tile_cols(), s.tile_rows());
+        assert!(samples > 0 && x.len() >= (samples - 1) * s.c_in * plane + plane);
+        for r in 0..samples * tile_rows {
+            let (sample, ty) = (r / tile_rows, r % tile_rows);
+            let channel = &x[sample * s.c_in * plane..][..plane];
+            for first in (0..pitch).step_by(LANES) {
+                let inside = super::super::avx512::tail_mask(w.saturating_sub(first).min(LANES));
+                let mut d = [_mm512_setzero_ps(); 6];
+                for (k, slot) in d.iter_mut().enumerate() {
+                    // Row −1 wraps past h, and is zero as the rows past h are.
+                    let y = (4 * ty + k).wrapping_sub(1);
+                    if y < h {
+                        // SAFETY: the lanes on are columns first … min(first + 16, w) − 1 of
+                        // row y, inside the channel's plane; the address of lane 0 is not
+                        // read when none is on.
+                        *slot = unsafe {
+                            _mm512_maskz_loadu_ps(
+                                inside,
+                                channel.as_ptr().wrapping_add(y * w + first),
+                            )
+                        };
+                    }
+                }
+                let store = super::super::avx512::tail_mask((pitch - first).min(LANES));
+                for (i, value) in bt(d).into_iter().enumerate() {
+                    // SAFETY: position r·pitch + first + 15 < 4·tiles (the caller's
+                    // guarantee), masked to the row's pitch.
+                    unsafe {
+                        _mm512_mask_storeu_ps(e.add(i * e_stride + r * pitch + first), store, value)
+                    };
+                }
+            }
+        }
+    }
+
+    /// Stage 2 of [`super::input_transform`] for one channel: for each step q of 16 tiles
+    /// t = 16q + u (`edges[q]`: the lanes in the first and last tile columns; lanes from
+    /// `tiles` on are zero), column l of tile t, E_i[4t − 1 + l], taken from the 64
+    /// positions X = E_i[64q − 1 …] as D_l[u] = X[4u + l] for l < 4 (a stride-4 split of
+    /// four vectors by eight permutes) and D_l[u] = D_(l−4)[u + 1] for l = 4, 5. Then
+    /// V_ij = Σ_l Bᵀ_jl D_l, stored at `v + (6i + j)·v_stride + 16q`.
+    ///
+    /// # Safety
+    /// AVX-512F; E_i (at `e + i·e_stride`, position 0) holds positions −1 … 64·q_max + 65,
+    /// and v the 36 rows of 16·edges.len() elements.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn along_columns(
+        edges: &[(u16, u16)],
+        tiles: usize,
+        e: *const f32,
+        e_stride: usize,
         v: *mut f32,
         v_stride: usize,
     ) {
-        assert!(offsets.len() >= XI * LANES && masks.len() >= XI);
-        let zero = _mm512_setzero_ps();
-        // Loops, not closures: a closure would not inherit this function's target features,
-        // and would not be inlined.
-        let mut rows = [[zero; 6]; 6];
-        for (i, row) in rows.iter_mut().enumerate() {
-            let mut d = [zero; 6];
-            for (j, slot) in d.iter_mut().enumerate() {
-                let xi = 6 * i + j;
-                // SAFETY: the offsets' and masks' lengths are asserted above; the gather
-                // reads only lanes whose mask bit is on (the caller's guarantee).
-                *slot = unsafe {
-                    let index = _mm512_loadu_si512(offsets.as_ptr().add(xi * LANES).cast());
-                    _mm512_mask_i32gather_ps::<4>(zero, masks[xi] & valid, index, x)
+        // Stride-4 split of X (64) into D_0 … D_3 (16 each): first pairs of columns (l, l + 1)
+        // of 8 tiles from 32 elements (lanes 2u + h ← 4u + h, or 4u + 2 + h), then the even
+        // and odd lanes of two such (tiles 0–7 from the first, 8–15 from the second).
+        let pairs_low = _mm512_set_epi32(29, 28, 25, 24, 21, 20, 17, 16, 13, 12, 9, 8, 5, 4, 1, 0);
+        let pairs_high =
+            _mm512_set_epi32(31, 30, 27, 26, 23, 22, 19, 18, 15, 14, 11, 10, 7, 6, 3, 2);
+        let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        for (q, &(first, last)) in edges.iter().enumerate() {
+            let valid = super::valid_lanes(tiles, q);
+            for i in 0..6 {
+                // SAFETY: positions 64q − 1 … 64q + 65 of E_i (the caller's guarantee).
+                let d = unsafe {
+                    let x = e.add(i * e_stride + 64 * q).sub(1);
+                    let a = [0, 16, 32, 48].map(|at| _mm512_loadu_ps(x.add(at)));
+                    let b01 = _mm512_permutex2var_ps(a[0], pairs_low, a[1]);
+                    let b23 = _mm512_permutex2var_ps(a[0], pairs_high, a[1]);
+                    let c01 = _mm512_permutex2var_ps(a[2], pairs_low, a[3]);
+                    let c23 = _mm512_permutex2var_ps(a[2], pairs_high, a[3]);
+                    let d0 = _mm512_permutex2var_ps(b01, even, c01);
+                    let d1 = _mm512_permutex2var_ps(b01, odd, c01);
+                    // Lane 15 of D_4 and D_5: X[64], X[65].
+                    let (x64, x65) = (_mm512_set1_ps(*x.add(64)), _mm512_set1_ps(*x.add(65)));
+                    [
+                        _mm512_maskz_mov_ps(valid & !first, d0),
+                        _mm512_maskz_mov_ps(valid, d1),
+                        _mm512_maskz_permutex2var_ps(valid, b23, even, c23),
+                        _mm512_maskz_permutex2var_ps(valid, b23, odd, c23),
+                        _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(
+                            valid,
+                            _mm512_castps_si512(x64),
+                            _mm512_castps_si512(d0),
+                            1,
+                        )),
+                        _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(
+                            valid & !last,
+                            _mm512_castps_si512(x65),
+                            _mm512_castps_si512(d1),
+                            1,
+                        )),
+                    ]
                 };
-            }
-            // d B, row by row.
-            *row = unsafe { bt(d) };
-        }
-        // Bᵀ (d B), column by column.
-        for j in 0..6 {
-            let mut column = [zero; 6];
-            for (i, slot) in column.iter_mut().enumerate() {
-                *slot = rows[i][j];
-            }
-            for (i, value) in unsafe { bt(column) }.into_iter().enumerate() {
-                // SAFETY: the caller's guarantee.
-                unsafe { _mm512_storeu_ps(v.add((6 * i + j) * v_stride), value) };
+                for (j, value) in bt(d).into_iter().enumerate() {
+                    // SAFETY: the caller's guarantee.
+                    unsafe { _mm512_storeu_ps(v.add((6 * i + j) * v_stride + 16 * q), value) };
+                }
             }
         }
     }
@@ -935,44 +1055,48 @@ pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Ve
                 XI * matrix_stride(s.c_in, most),
                 XI * matrix_stride(s.c_out, most),
             );
-            with_scratch(v_len + m_len + 16 * most, |scratch: &mut [T]| {
-                let (v, rest) = scratch.split_at_mut(v_len);
-                let (m, small) = rest.split_at_mut(m_len);
-                let samples = x_g.len() / in_per;
-                for first in (0..samples).step_by(block) {
-                    let n = block.min(samples - first);
-                    let stride = s.columns(n);
-                    let sample0 = index * group + first;
-                    let bias = move |sample: usize, o: usize| {
-                        if per_channel {
-                            b[o]
-                        } else {
-                            b[(sample0 + sample) * s.c_out + o]
+            with_scratch(
+                v_len + m_len + 16 * most + 6 * e_len(most),
+                |scratch: &mut [T]| {
+                    let (v, rest) = scratch.split_at_mut(v_len);
+                    let (m, rest) = rest.split_at_mut(m_len);
+                    let (small, e) = rest.split_at_mut(16 * most);
+                    let samples = x_g.len() / in_per;
+                    for first in (0..samples).step_by(block) {
+                        let n = block.min(samples - first);
+                        let stride = s.columns(n);
+                        let sample0 = index * group + first;
+                        let bias = move |sample: usize, o: usize| {
+                            if per_channel {
+                                b[o]
+                            } else {
+                                b[(sample0 + sample) * s.c_out + o]
+                            }
+                        };
+                        input_transform(s, &plan, &x_g[first * in_per..], n, stride, v, e);
+                        // M_ξ = U_ξ · V_ξ.
+                        for xi in 0..XI {
+                            products(
+                                s,
+                                stride,
+                                &u[xi * s.c_out * s.c_in..][..s.c_out * s.c_in],
+                                &v[xi * matrix_stride(s.c_in, stride)..],
+                                &mut m[xi * matrix_stride(s.c_out, stride)..],
+                            );
                         }
-                    };
-                    input_transform(s, &plan, &x_g[first * in_per..], n, stride, v);
-                    // M_ξ = U_ξ · V_ξ.
-                    for xi in 0..XI {
-                        products(
+                        output_transform(
                             s,
+                            &plan,
+                            m,
+                            n,
                             stride,
-                            &u[xi * s.c_out * s.c_in..][..s.c_out * s.c_in],
-                            &v[xi * matrix_stride(s.c_in, stride)..],
-                            &mut m[xi * matrix_stride(s.c_out, stride)..],
+                            &mut y_g[first * out_per..],
+                            &bias,
+                            small,
                         );
                     }
-                    output_transform(
-                        s,
-                        &plan,
-                        m,
-                        n,
-                        stride,
-                        &mut y_g[first * out_per..],
-                        &bias,
-                        small,
-                    );
-                }
-            });
+                },
+            );
         });
     // SAFETY: every output element (sample, o, oy, ox) belongs to one block of one group,
     // and `output_transform` writes every pixel of each of the block's planes.
@@ -1000,13 +1124,14 @@ pub(super) fn grad_weight<T: Element>(s: &Shape3x3, x: &[T], dy: &[T]) -> Vec<T>
             XI * matrix_stride(s.c_in, most),
             XI * matrix_stride(s.c_out, most),
         );
-        with_scratch(v_len + z_len, |scratch: &mut [T]| {
-            let (v, z) = scratch.split_at_mut(v_len);
+        with_scratch(v_len + z_len + 6 * e_len(most), |scratch: &mut [T]| {
+            let (v, rest) = scratch.split_at_mut(v_len);
+            let (z, e) = rest.split_at_mut(z_len);
             let samples = x_g.len() / in_per;
             for first in (0..samples).step_by(block) {
                 let n = block.min(samples - first);
                 let stride = s.columns(n);
-                input_transform(s, &plan, &x_g[first * in_per..], n, stride, v);
+                input_transform(s, &plan, &x_g[first * in_per..], n, stride, v, e);
                 grad_transform(s, &grad_patches, &dy_g[first * out_per..], n, stride, z);
                 // ∂U_ξᵀ (C × O) += V_ξ · Z_ξᵀ.
                 for xi in 0..XI {
