@@ -52,8 +52,8 @@ fn grads_of_weighted_sum(y: &Tensor, r: &Tensor) -> candle_core::backprop::GradS
 /// (x shape, weight shape, stride, padding). Which path each case takes:
 /// - stride 1 with OW = W (cases 0, 5, 7, 8, 9, 10, 12; case 8 has a 1×3 kernel, cases 9
 ///   and 12 images one column wide) unfolds only the horizontal taps, forward and for the
-///   weight gradient, and takes the row-shift col2im; case 3 is 1×1 (no unfolding); the
-///   others take the general im2col/col2im;
+///   weight gradient, and takes the row-shift col2im; cases 3 and 19 are 1×1 (no
+///   unfolding); the others take the general im2col/col2im;
 /// - the input gradient is a convolution with the flipped, transposed kernel for stride 1,
 ///   a square kernel and no more output than input channels (cases 7, 10, 11, 12; for case
 ///   11 that convolution has padding 2 and takes the general im2col), and gemm + col2im for
@@ -61,7 +61,7 @@ fn grads_of_weighted_sum(y: &Tensor, r: &Tensor) -> candle_core::backprop::GradS
 /// - the forward is computed transposed, pixel by channel, for at least 64 output channels
 ///   (a multiple of 16) and at most 196 pixels, unless Winograd takes it (cases 13 and 14,
 ///   63 and 30 pixels, the first in two products of 48 and 15).
-const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 19] = [
+const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 20] = [
     ([4, 3, 7, 9], [5, 3, 3, 3], 1, 1),
     ([3, 4, 8, 8], [4, 4, 3, 3], 2, 1),
     ([3, 4, 9, 7], [2, 4, 3, 3], 2, 0),
@@ -85,6 +85,8 @@ const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 19] = [
     ([3, 20, 15, 14], [16, 20, 3, 3], 1, 1),
     ([2, 16, 7, 7], [16, 16, 3, 3], 1, 1),
     ([3, 16, 8, 8], [24, 16, 3, 3], 1, 1),
+    // 1×1 with 13 output channels and 77 pixels.
+    ([3, 20, 7, 11], [13, 20, 1, 1], 1, 0),
 ];
 
 /// One convolution case against candle's `conv2d` plus a broadcast bias, forward and

@@ -22,6 +22,8 @@ mod group_norm;
 pub mod profile;
 mod simd;
 mod softmax;
+#[cfg(target_arch = "x86_64")]
+mod unpacked_gemm;
 mod upsample;
 mod winograd;
 

@@ -46,6 +46,8 @@ use rayon::prelude::*;
 use super::conv2d::matmul;
 use super::element::{self, with_scratch, Element};
 use super::simd::vectorized_fn;
+#[cfg(target_arch = "x86_64")]
+use super::unpacked_gemm;
 
 /// Tiles per block of [`forward`], about: one 28×28 image, four 14×14 ones, sixteen 7×7
 /// ones. A block's V and M (36·(C + O)·4 bytes a tile) then take 0.6 MB at 32 + 32
@@ -785,94 +787,6 @@ mod kernels {
         }
     }
 
-    /// M (O × n) = U (O × C) · V (C × n): rows of U of C elements, rows of V and M n apart
-    /// (n a multiple of 16). By blocks of 6 rows of M and 64 columns (24 accumulators, as
-    /// gemm's microkernels; fewer at the edges): for each c, four loads of V's row c and 6
-    /// broadcasts of U's column c feed 24 fused multiply-adds.
-    ///
-    /// # Safety
-    /// AVX-512F; u holds O·C elements, and v and m hold C and O rows of n.
-    pub(super) unsafe fn products(
-        o: usize,
-        c: usize,
-        n: usize,
-        u: &[f32],
-        v: &[f32],
-        m: &mut [f32],
-    ) {
-        assert!(
-            n.is_multiple_of(LANES) && u.len() >= o * c && v.len() >= c * n && m.len() >= o * n
-        );
-        let (u, v, m) = (u.as_ptr(), v.as_ptr(), m.as_mut_ptr());
-        for column in (0..n).step_by(4 * LANES) {
-            let vectors = ((n - column) / LANES).min(4);
-            for row in (0..o).step_by(6) {
-                let at = (row, column);
-                // SAFETY: rows row … row + R − 1 < o and columns column … column + 16·NV
-                // − 1 < n of M, and the same columns of V and rows of U (the caller's
-                // guarantee).
-                unsafe {
-                    macro_rules! dispatch {
-                        ($nv:literal) => {
-                            match o - row {
-                                6.. => block::<6, $nv>(at, c, n, u, v, m),
-                                5 => block::<5, $nv>(at, c, n, u, v, m),
-                                4 => block::<4, $nv>(at, c, n, u, v, m),
-                                3 => block::<3, $nv>(at, c, n, u, v, m),
-                                2 => block::<2, $nv>(at, c, n, u, v, m),
-                                _ => block::<1, $nv>(at, c, n, u, v, m),
-                            }
-                        };
-                    }
-                    match vectors {
-                        4 => dispatch!(4),
-                        3 => dispatch!(3),
-                        2 => dispatch!(2),
-                        _ => dispatch!(1),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Rows `row` … `row` + R − 1 and columns `column` … `column` + 16·NV − 1 of [`products`].
-    ///
-    /// # Safety
-    /// AVX-512F; those rows and columns lie in U, V and M.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn block<const R: usize, const NV: usize>(
-        (row, column): (usize, usize),
-        c: usize,
-        n: usize,
-        u: *const f32,
-        v: *const f32,
-        m: *mut f32,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); NV]; R];
-        // SAFETY (the loads and stores): the caller's guarantee.
-        unsafe {
-            let (u, v) = (u.add(row * c), v.add(column));
-            for k in 0..c {
-                let mut vk = [_mm512_setzero_ps(); NV];
-                for (j, slot) in vk.iter_mut().enumerate() {
-                    *slot = _mm512_loadu_ps(v.add(k * n + j * LANES));
-                }
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let ur = _mm512_set1_ps(*u.add(r * c + k));
-                    for (j, slot) in acc.iter_mut().enumerate() {
-                        *slot = _mm512_fmadd_ps(ur, vk[j], *slot);
-                    }
-                }
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                for (j, value) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(m.add((row + r) * n + column + j * LANES), *value);
-                }
-            }
-        }
-    }
-
     /// The 16 outputs Aᵀ M A of 16 tiles: M_ξ at `m + ξ·m_stride`, output (a, b) stored at
     /// `out + (4a + b)·out_stride`.
     ///
@@ -942,8 +856,8 @@ mod kernels {
 }
 
 /// M_ξ (O × `stride`) = U_ξ (O × C) · V_ξ (C × `stride`), the rows of V_ξ and M_ξ `stride`
-/// elements apart. f32 on AVX-512 CPUs by [`kernels::products`], which reads U_ξ and V_ξ
-/// where they lie; otherwise by `gemm`, which first copies both into its own layout (that
+/// elements apart. f32 on AVX-512 CPUs by [`unpacked_gemm::product`], which reads U_ξ and
+/// V_ξ where they lie; otherwise by `gemm`, which first copies both into its own layout (that
 /// copying took 4–5% of a forward convolution, and gemm's calls and edge kernels 3–5% more).
 /// Session 13, interleaved: the network's forward 3×3 convolutions 65.4 / 64.6 ms (gemm) →
 /// 62.9 / 61.5 ms.
@@ -953,9 +867,11 @@ fn products<T: Element>(s: &Shape3x3, stride: usize, u: &[T], v: &[T], m: &mut [
     #[cfg(target_arch = "x86_64")]
     if super::avx512::available() {
         if let (Some(u), Some(v), Some(m)) = (T::as_f32(u), T::as_f32(v), T::as_f32_mut(m)) {
-            // SAFETY: AVX-512F is available; U holds O rows of C, V C rows and M O rows of
-            // `stride` (a multiple of 16) elements `stride` apart (asserted above).
-            unsafe { kernels::products(s.c_out, s.c_in, stride, u, v, m) };
+            let out = m[..s.c_out * stride].as_mut_ptr();
+            // SAFETY: AVX-512F is available; M holds O rows of `stride` (asserted above).
+            unsafe {
+                unpacked_gemm::product((s.c_out, s.c_in, stride), u, (v, stride), (out, stride))
+            };
             return;
         }
     }
