@@ -145,7 +145,6 @@ impl Geometry {
             h: self.h,
             w: self.w,
         })
-        .filter(Shape3x3::offsets_fit)
     }
     /// A 1×1 convolution with stride 1 and no padding needs no unfolding: cols = x.
     fn is_pointwise(&self) -> bool {

@@ -138,30 +138,18 @@ impl Shape3x3 {
     fn group(&self) -> usize {
         self.batch.div_ceil(super::threads()).max(1)
     }
-    /// Whether the output table's offsets into a block's 16 rows of outputs (i32, see
-    /// [`Plan::output`]) reach all of them: false only past 134 million tiles a sample
-    /// (about 46,000 × 46,000 pixels).
-    pub(super) fn offsets_fit(&self) -> bool {
-        let block = self.block(FORWARD_BLOCK_TILES.max(GRAD_BLOCK_TILES));
-        16 * self.columns(block) <= i32::MAX as usize
-    }
     /// Columns of a block's transforms: its tiles, rounded up to whole vector steps.
     fn columns(&self, samples: usize) -> usize {
         (samples * self.tiles()).next_multiple_of(LANES)
     }
 }
 
-/// The index tables of one shape, for blocks of a given number of samples.
+/// The lane masks of one shape, for blocks of a given number of samples.
 struct Plan {
     /// Per vector step q of a block's tiles (16q … 16q + 15): the lanes of tiles in the
     /// first tile column, and those in the last (see [`input_transform`]).
     edges: Vec<(u16, u16)>,
-    /// Pixel p of an image: `output[p]`, where to find it among a block's outputs of one
-    /// channel, laid out as 16 rows (the tile's output (a, b) in row 4a + b) of
-    /// `columns(block)` tiles; for sample s add s·⌈H/4⌉·⌈W/4⌉. Padded with zeros to whole
-    /// vector steps.
-    output: Vec<i32>,
-    /// Columns of the outputs' 16 rows: `columns(block)`.
+    /// Columns of a block's transforms: `columns(block)`.
     columns: usize,
     /// Samples per block.
     block: usize,
@@ -171,12 +159,6 @@ impl Plan {
     /// The tables for blocks of `block` samples.
     fn new(s: &Shape3x3, block: usize) -> Plan {
         let (tc, columns) = (s.tile_cols(), s.columns(block));
-        let mut output = vec![0i32; s.plane().next_multiple_of(LANES)];
-        for (p, slot) in output.iter_mut().take(s.plane()).enumerate() {
-            let (y, x) = (p / s.w, p % s.w);
-            let row = 4 * (y % 4) + x % 4;
-            *slot = (row * columns + (y / 4) * tc + x / 4) as i32;
-        }
         let edges = (0..columns / LANES)
             .map(|q| {
                 let lanes = |column: usize| {
@@ -189,7 +171,6 @@ impl Plan {
             .collect();
         Plan {
             edges,
-            output,
             columns,
             block,
         }
@@ -410,11 +391,19 @@ vectorized_fn!(
     /// Y = Aᵀ M A + bias for a block of `samples` samples, written into `y` (their outputs,
     /// O planes each); M holds 36 matrices O × `stride` in [`input_transform`]'s layout.
     /// `bias(sample, o)` gives the bias of a block sample's output channel. `scratch` holds
-    /// 16 rows of the plan's columns.
-    #[allow(clippy::too_many_arguments)]
+    /// 16·`stride` elements.
+    ///
+    /// f32 on AVX-512 CPUs, output channel by output channel, the inverse of
+    /// [`input_transform`]'s stages: the 16 outputs (a, b) of 16 tiles at a time
+    /// ([`kernels::output_rows`]), each row a's four vectors interleaved by permutes into
+    /// positions 4t + b of row a's buffer (tile row r of the block at positions
+    /// 4⌈W/4⌉·r + x, x = 4tx + b); then the image's rows 4ty + a copied out of the buffers
+    /// with the bias ([`kernels::copy_row`]). (16-lane gathers of the outputs from the
+    /// tiles took most of this transform's time.) Otherwise tile by tile.
+    // The index loops read the 6×6 values by columns: a transpose.
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     fn output_transform<T: Element>(
         s: &Shape3x3,
-        plan: &Plan,
         m: &[T],
         samples: usize,
         stride: usize,
@@ -422,59 +411,64 @@ vectorized_fn!(
         bias: &(dyn Fn(usize, usize) -> T + Sync),
         scratch: &mut [T],
     ) => output_transform_generic {
-        let (plane, tiles) = (s.plane(), s.tiles());
-        assert!(y.len() >= samples * s.c_out * plane && m.len() >= XI * matrix_stride(s.c_out, stride));
-        assert!(scratch.len() >= 16 * plan.columns && stride <= plan.columns);
-        assert!(samples * tiles <= stride);
-        for o in 0..s.c_out {
-            #[cfg(target_arch = "x86_64")]
-            if super::avx512::available() {
-                if let (Some(m), Some(out), Some(y)) =
-                    (T::as_f32(m), T::as_f32_mut(scratch), T::as_f32_uninit(y))
-                {
+        let (plane, tiles, tc) = (s.plane(), s.tiles(), s.tile_cols());
+        let m_stride = matrix_stride(s.c_out, stride);
+        assert!(y.len() >= samples * s.c_out * plane && m.len() >= XI * m_stride);
+        assert!(scratch.len() >= 16 * stride && samples * tiles <= stride);
+        assert!(stride.is_multiple_of(LANES));
+        #[cfg(target_arch = "x86_64")]
+        if super::avx512::available() {
+            if let (Some(m), Some(rows), Some(y)) =
+                (T::as_f32(m), T::as_f32_mut(scratch), T::as_f32_uninit(y))
+            {
+                let pitch = 4 * tc;
+                for o in 0..s.c_out {
                     for q in 0..stride / LANES {
-                        // SAFETY: AVX-512F is available; rows (ξ·O + o) of M and the 16 rows
-                        // of the scratch hold `stride` ≥ (q + 1)·16 elements and more (asserted
-                        // above).
+                        // SAFETY: AVX-512F is available; rows (ξ, o) of M hold `stride`
+                        // elements, and the 4 buffers of 4·stride positions lie in the
+                        // scratch (asserted above).
                         unsafe {
-                            kernels::output_tiles(
-                                m.as_ptr().add(o * stride + q * LANES),
-                                matrix_stride(s.c_out, stride),
-                                out.as_mut_ptr().add(q * LANES),
-                                plan.columns,
+                            kernels::output_rows(
+                                m[o * stride + q * LANES..].as_ptr(),
+                                m_stride,
+                                rows[4 * LANES * q..].as_mut_ptr(),
+                                4 * stride,
                             )
                         };
                     }
                     for sample in 0..samples {
                         let b = T::as_f32(std::slice::from_ref(&bias(sample, o))).map_or(0.0, |b| b[0]);
                         let dst = &mut y[(sample * s.c_out + o) * plane..][..plane];
-                        // SAFETY: AVX-512F is available; the plan's offsets plus this
-                        // sample's tiles lie in the scratch's 16 rows of `stride`, and the
-                        // stores cover the plane's `plane` elements only.
-                        unsafe {
-                            kernels::gather_output(out.as_ptr().add(sample * tiles), &plan.output, b, dst)
-                        };
+                        for (row, dst) in dst.chunks_exact_mut(s.w).enumerate() {
+                            let (ty, a) = (row / 4, row % 4);
+                            let at = a * 4 * stride + (sample * s.tile_rows() + ty) * pitch;
+                            // SAFETY: AVX-512F is available; the row's W ≤ 4⌈W/4⌉ positions
+                            // lie in buffer a.
+                            unsafe { kernels::copy_row(&rows[at..at + s.w], b, dst) };
+                        }
                     }
-                    continue;
                 }
+                return;
             }
+        }
+        let _ = scratch;
+        for o in 0..s.c_out {
             for tile in 0..samples * tiles {
+                let (sample, within) = (tile / tiles, tile % tiles);
+                let (y0, x0) = (4 * (within / tc), 4 * (within % tc));
+                let b = bias(sample, o);
                 // Aᵀ M, column by column, then (Aᵀ M) A, row by row.
-                let at_m = |xi: usize| m[xi * matrix_stride(s.c_out, stride) + o * stride + tile];
+                let at_m = |xi: usize| m[xi * m_stride + o * stride + tile];
                 let columns: [[T; 4]; 6] =
                     std::array::from_fn(|j| at(std::array::from_fn(|i| at_m(6 * i + j))));
                 for a in 0..4 {
                     let row = at(std::array::from_fn(|j| columns[j][a]));
-                    for (b, &value) in row.iter().enumerate() {
-                        scratch[(4 * a + b) * plan.columns + tile] = value;
+                    for (bx, &value) in row.iter().enumerate() {
+                        let (yy, xx) = (y0 + a, x0 + bx);
+                        if yy < s.h && xx < s.w {
+                            y[(sample * s.c_out + o) * plane + yy * s.w + xx].write(value + b);
+                        }
                     }
-                }
-            }
-            for sample in 0..samples {
-                let b = bias(sample, o);
-                let dst = &mut y[(sample * s.c_out + o) * plane..][..plane];
-                for (slot, &at) in dst.iter_mut().zip(&plan.output) {
-                    slot.write(scratch[sample * tiles + at as usize] + b);
                 }
             }
         }
@@ -787,21 +781,25 @@ mod kernels {
         }
     }
 
-    /// The 16 outputs Aᵀ M A of 16 tiles: M_ξ at `m + ξ·m_stride`, output (a, b) stored at
-    /// `out + (4a + b)·out_stride`.
+    /// The 16 outputs Aᵀ M A of 16 tiles (M_ξ at `m + ξ·m_stride`), row a interleaved into
+    /// positions 4u + b of `r + a·r_stride` (tile u's output (a, b)): the inverse of
+    /// [`along_columns`]' split, by eight permutes a row.
     ///
     /// # Safety
-    /// AVX-512F; the 36 loads and 16 stores of 16 elements lie in m's and out's allocations.
+    /// AVX-512F; the 36 loads of 16 elements lie in m's allocation, and the 4 × 64 stored
+    /// elements in r's.
     // The index loops read the 6×6 values by columns: a transpose.
     #[allow(clippy::needless_range_loop)]
-    #[inline]
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn output_tiles(
-        m: *const f32,
-        m_stride: usize,
-        out: *mut f32,
-        out_stride: usize,
-    ) {
+    pub(super) unsafe fn output_rows(m: *const f32, m_stride: usize, r: *mut f32, r_stride: usize) {
+        // Lanes 2u + h of the first 8 tiles (or of the last 8) from rows h of two vectors.
+        let pairs_low = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        let pairs_high =
+            _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+        // Positions 4v + b (v < 4, or 4 ≤ v < 8) from the pairs of b = 0, 1 and b = 2, 3.
+        let quads_low = _mm512_set_epi32(23, 22, 7, 6, 21, 20, 5, 4, 19, 18, 3, 2, 17, 16, 1, 0);
+        let quads_high =
+            _mm512_set_epi32(31, 30, 15, 14, 29, 28, 13, 12, 27, 26, 11, 10, 25, 24, 9, 8);
         let zero = _mm512_setzero_ps();
         // Aᵀ M, column by column.
         let mut columns = [[zero; 4]; 6];
@@ -811,45 +809,51 @@ mod kernels {
                 // SAFETY: the caller's guarantee.
                 *slot = unsafe { _mm512_loadu_ps(m.add((6 * i + j) * m_stride)) };
             }
-            *column = unsafe { at(d) };
+            *column = at(d);
         }
-        // (Aᵀ M) A, row by row.
+        // (Aᵀ M) A, row by row, each row interleaved.
         for a in 0..4 {
             let mut row = [zero; 6];
             for (j, slot) in row.iter_mut().enumerate() {
                 *slot = columns[j][a];
             }
-            for (b, value) in unsafe { at(row) }.into_iter().enumerate() {
+            let y = at(row);
+            let b01 = _mm512_permutex2var_ps(y[0], pairs_low, y[1]);
+            let c01 = _mm512_permutex2var_ps(y[0], pairs_high, y[1]);
+            let b23 = _mm512_permutex2var_ps(y[2], pairs_low, y[3]);
+            let c23 = _mm512_permutex2var_ps(y[2], pairs_high, y[3]);
+            let x = [
+                _mm512_permutex2var_ps(b01, quads_low, b23),
+                _mm512_permutex2var_ps(b01, quads_high, b23),
+                _mm512_permutex2var_ps(c01, quads_low, c23),
+                _mm512_permutex2var_ps(c01, quads_high, c23),
+            ];
+            for (k, value) in x.into_iter().enumerate() {
                 // SAFETY: the caller's guarantee.
-                unsafe { _mm512_storeu_ps(out.add((4 * a + b) * out_stride), value) };
+                unsafe { _mm512_storeu_ps(r.add(a * r_stride + 16 * k), value) };
             }
         }
     }
 
-    /// `dst[p] = tiles[offsets[p]] + bias` for every pixel of dst, 16 at a time.
+    /// `dst[x] = src[x] + bias` for a row.
     ///
     /// # Safety
-    /// AVX-512F; `offsets` holds dst.len() rounded up to 16 entries, and each of the first
-    /// dst.len() lies in tiles' allocation.
-    #[inline]
+    /// AVX-512F; `src` is as long as `dst`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gather_output(
-        tiles: *const f32,
-        offsets: &[i32],
-        bias: f32,
-        dst: &mut [MaybeUninit<f32>],
-    ) {
-        let len = dst.len();
-        assert!(offsets.len() >= len.next_multiple_of(LANES));
-        let (b, out) = (_mm512_set1_ps(bias), dst.as_mut_ptr().cast::<f32>());
-        for p in (0..len).step_by(LANES) {
-            let mask = super::super::avx512::tail_mask((len - p).min(LANES));
-            // SAFETY: the offsets' length is asserted above; the gather and the store cover
-            // only the lanes of pixels below len (the caller's guarantee for the offsets).
+    pub(super) unsafe fn copy_row(src: &[f32], bias: f32, dst: &mut [MaybeUninit<f32>]) {
+        let n = dst.len();
+        assert!(src.len() >= n);
+        let (b, from, to) = (
+            _mm512_set1_ps(bias),
+            src.as_ptr(),
+            dst.as_mut_ptr().cast::<f32>(),
+        );
+        for x in (0..n).step_by(LANES) {
+            let mask = super::super::avx512::tail_mask((n - x).min(LANES));
+            // SAFETY: the lanes on lie in both rows (asserted above).
             unsafe {
-                let index = _mm512_loadu_si512(offsets.as_ptr().add(p).cast());
-                let value = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, index, tiles);
-                _mm512_mask_storeu_ps(out.add(p), mask, _mm512_add_ps(value, b));
+                let value = _mm512_maskz_loadu_ps(mask, from.add(x));
+                _mm512_mask_storeu_ps(to.add(x), mask, _mm512_add_ps(value, b));
             }
         }
     }
@@ -940,7 +944,6 @@ pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Ve
                         }
                         output_transform(
                             s,
-                            &plan,
                             m,
                             n,
                             stride,
@@ -1266,21 +1269,5 @@ mod tests {
             let err = max_abs_diff(&dw, &exact) / scale;
             assert!(err < 2e-5, "{s:?}: f32 differs by {err}");
         }
-    }
-
-    #[test]
-    fn offsets_fit_declines_only_blocks_past_i32() {
-        let shape = |c: usize, side: usize| Shape3x3 {
-            batch: 64,
-            c_in: c,
-            c_out: 16,
-            h: side,
-            w: side,
-        };
-        assert!(shape(192, 28).offsets_fit());
-        assert!(shape(131_072, 128).offsets_fit());
-        // 11,585² tiles a sample: 16 rows of 134,212,240 columns fit in i32; 11,586² do not.
-        assert!(shape(3, 46_340).offsets_fit());
-        assert!(!shape(3, 46_344).offsets_fit());
     }
 }
