@@ -401,7 +401,7 @@ vectorized_fn!(
     /// with the bias ([`kernels::copy_row`]). (16-lane gathers of the outputs from the
     /// tiles took most of this transform's time.) Otherwise tile by tile.
     // The index loops read the 6×6 values by columns: a transpose.
-    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[allow(clippy::needless_range_loop)]
     fn output_transform<T: Element>(
         s: &Shape3x3,
         m: &[T],
