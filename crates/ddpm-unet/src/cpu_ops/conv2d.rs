@@ -230,6 +230,29 @@ fn valid_range(g: &Geometry, v: usize, size: usize, out: usize) -> (usize, usize
 /// (Row-shift geometries unfold only their horizontal taps: [`unfold_row_taps`].)
 fn im2col<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
     let ohw = g.out_pixels();
+    #[cfg(target_arch = "x86_64")]
+    if (g.stride, g.kw, g.padding) == (2, 3, 1) && super::avx512::available() {
+        if let (Some(x), Some(cols)) = (T::as_f32(x), T::as_f32_mut(cols)) {
+            assert!(x.len() >= g.c_in * g.h * g.w && cols.len() >= g.c_in * g.kh * 3 * ohw);
+            for c in 0..g.c_in {
+                let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+                for u in 0..g.kh {
+                    for i in 0..g.oh {
+                        // Input row 2i + u − 1, or none (zero padding).
+                        let row = (2 * i + u)
+                            .checked_sub(1)
+                            .filter(|&iy| iy < g.h)
+                            .map(|iy| &plane[iy * g.w..(iy + 1) * g.w]);
+                        let at = (c * g.kh + u) * 3 * ohw + i * g.ow;
+                        // SAFETY: AVX-512F is available; the three rows (c, u, v) of cols
+                        // hold output row i's `ow` columns at `at + v·ohw` (asserted above).
+                        unsafe { stride_two_taps(row, g.ow, cols[at..].as_mut_ptr(), ohw) };
+                    }
+                }
+            }
+            return;
+        }
+    }
     for c in 0..g.c_in {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for u in 0..g.kh {
@@ -258,6 +281,57 @@ fn im2col<T: Element>(g: &Geometry, x: &[T], cols: &mut [T]) {
             }
         }
     }
+}
+
+/// The three taps v of a stride-2, padding-1 row of [`im2col`]: `out + v·tap_stride` gets
+/// `row[2j + v − 1]` for the `ow` output columns j (zero outside the row, or everywhere
+/// when `row` is None, zero padding). By chunks of 15 columns: the 31 input columns
+/// 2j₀ − 1 … 2j₀ + 29 in two masked loads, and one permute per tap.
+///
+/// # Safety
+/// AVX-512F; the three rows of `ow` elements at `out + v·tap_stride` lie in out's
+/// allocation.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn stride_two_taps(row: Option<&[f32]>, ow: usize, out: *mut f32, tap_stride: usize) {
+    use std::arch::x86_64::*;
+    // Lane j of tap v: element 2j + v of the window.
+    let index = [
+        _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0),
+        _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1),
+        _mm512_set_epi32(32, 30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2),
+    ];
+    for first in (0..ow).step_by(15) {
+        let n = (ow - first).min(15);
+        let start = 2 * first as isize - 1;
+        let (low, high) = match row {
+            // SAFETY: AVX-512F is available (the caller's guarantee).
+            Some(row) => unsafe { (window(row, start), window(row, start + 16)) },
+            None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+        };
+        let store = super::avx512::tail_mask(n);
+        for (v, index) in index.iter().enumerate() {
+            let taps = _mm512_permutex2var_ps(low, *index, high);
+            // SAFETY: the caller's guarantee.
+            unsafe { _mm512_mask_storeu_ps(out.add(v * tap_stride + first), store, taps) };
+        }
+    }
+}
+
+/// The 16 columns `from` … `from` + 15 of `row`, zero outside it.
+///
+/// # Safety
+/// AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn window(row: &[f32], from: isize) -> std::arch::x86_64::__m512 {
+    let lanes = (row.len() as isize - from).clamp(0, 16) as u32;
+    let skip = (-from).clamp(0, 16) as u32;
+    let mask = (((1u64 << lanes) - 1) & !((1u64 << skip) - 1)) as u16;
+    // SAFETY: the lanes on are columns inside the row; the address of lane 0 may lie outside
+    // it, but is not read then.
+    unsafe { std::arch::x86_64::_mm512_maskz_loadu_ps(mask, row.as_ptr().wrapping_offset(from)) }
 }
 
 vectorized_fn!(
