@@ -34,8 +34,8 @@
 //! and M stay in the core's cache between the transforms and the products. The transforms
 //! work on 16 tiles at a time, whichever samples and rows they come from: the input's and
 //! the output gradient's patches are read by contiguous loads and permutes
-//! ([`input_transform`], [`grad_transform`]), and the outputs are gathered back into the
-//! image's rows by the [`Plan`]'s table.
+//! ([`input_transform`], [`grad_transform`]), and the outputs are put back into the
+//! image's rows by the inverse permutes ([`output_transform`]).
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
