@@ -330,30 +330,8 @@ vectorized_fn!(
         #[cfg(target_arch = "x86_64")]
         if super::avx512::available() {
             if let (Some(x), Some(v), Some(e)) = (T::as_f32(x), T::as_f32_mut(v), T::as_f32_mut(e)) {
-                let e_stride = e_len(stride);
-                assert!(e.len() >= 6 * e_stride);
-                for c in 0..s.c_in {
-                    // SAFETY: AVX-512F is available; the samples' planes of channel c lie in
-                    // x, E_i's positions −1 … 4·stride + 1 in e, and the columns of rows
-                    // (ξ, c) in v (all asserted above).
-                    unsafe {
-                        kernels::down_rows::<false>(
-                            s,
-                            &x[c * plane..],
-                            samples,
-                            e[LANES..].as_mut_ptr(),
-                            e_stride,
-                        );
-                        kernels::along_columns::<false>(
-                            &plan.edges[..stride / LANES],
-                            tiles,
-                            e[LANES..].as_ptr(),
-                            e_stride,
-                            v[c * stride..].as_mut_ptr(),
-                            v_stride,
-                        );
-                    }
-                }
+                // SAFETY: AVX-512F is available.
+                unsafe { by_rows_and_columns::<false>(s, plan, x, samples, stride, v, e) };
                 return;
             }
         }
@@ -386,6 +364,52 @@ vectorized_fn!(
         }
     }
 );
+
+/// The AVX-512 path of [`input_transform`] (GRAD false: `x` the input, C planes a sample,
+/// `out` V) and of [`grad_transform`] (GRAD true: `x` ∂Y, O planes a sample, `out` Z), for
+/// a block of `samples` samples: channel by channel, [`kernels::down_rows`] into `e`, then
+/// [`kernels::along_columns`] into the channel's rows of the 36 matrices.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+unsafe fn by_rows_and_columns<const GRAD: bool>(
+    s: &Shape3x3,
+    plan: &Plan,
+    x: &[f32],
+    samples: usize,
+    stride: usize,
+    out: &mut [f32],
+    e: &mut [f32],
+) {
+    let (plane, tiles) = (s.plane(), samples * s.tiles());
+    let channels = if GRAD { s.c_out } else { s.c_in };
+    let (out_stride, e_stride) = (matrix_stride(channels, stride), e_len(stride));
+    assert!(x.len() >= samples * channels * plane && out.len() >= XI * out_stride);
+    assert!(e.len() >= 6 * e_stride && stride <= plan.columns && tiles <= stride);
+    for channel in 0..channels {
+        // SAFETY: AVX-512F (the caller's guarantee); the samples' planes of the channel lie
+        // in x, E_i's positions −1 … 4·stride + 1 in e, and the channel's columns of the 36
+        // matrices in out (all asserted above).
+        unsafe {
+            kernels::down_rows::<GRAD>(
+                s,
+                &x[channel * plane..],
+                samples,
+                e[LANES..].as_mut_ptr(),
+                e_stride,
+            );
+            kernels::along_columns::<GRAD>(
+                &plan.edges[..stride / LANES],
+                tiles,
+                e[LANES..].as_ptr(),
+                e_stride,
+                out[channel * stride..].as_mut_ptr(),
+                out_stride,
+            );
+        }
+    }
+}
 
 vectorized_fn!(
     /// Y = Aᵀ M A + bias for a block of `samples` samples, written into `y` (their outputs,
@@ -497,30 +521,8 @@ vectorized_fn!(
         #[cfg(target_arch = "x86_64")]
         if super::avx512::available() {
             if let (Some(dy), Some(z), Some(e)) = (T::as_f32(dy), T::as_f32_mut(z), T::as_f32_mut(e)) {
-                let e_stride = e_len(stride);
-                assert!(e.len() >= 6 * e_stride);
-                for o in 0..s.c_out {
-                    // SAFETY: AVX-512F is available; the samples' planes of channel o lie in
-                    // dy, E_i's positions 0 … 4·stride − 1 in e, and the columns of rows
-                    // (ξ, o) in z (all asserted above).
-                    unsafe {
-                        kernels::down_rows::<true>(
-                            s,
-                            &dy[o * plane..],
-                            samples,
-                            e[LANES..].as_mut_ptr(),
-                            e_stride,
-                        );
-                        kernels::along_columns::<true>(
-                            &plan.edges[..stride / LANES],
-                            tiles,
-                            e[LANES..].as_ptr(),
-                            e_stride,
-                            z[o * stride..].as_mut_ptr(),
-                            matrix_stride(s.c_out, stride),
-                        );
-                    }
-                }
+                // SAFETY: AVX-512F is available.
+                unsafe { by_rows_and_columns::<true>(s, plan, dy, samples, stride, z, e) };
                 return;
             }
         }
