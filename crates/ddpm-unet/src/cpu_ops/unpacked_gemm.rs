@@ -14,9 +14,9 @@ use std::arch::x86_64::*;
 const LANES: usize = 16;
 
 /// C (m × n) = A (m × k) · B (k × n): A's rows of k elements contiguous, B's and C's rows
-/// `b_rs` and `c_rs` elements apart, n a multiple of 16. By blocks of 6 rows of C and 64 columns (24
-/// accumulators, as gemm's microkernels; fewer at the edges): for each of the k, four loads
-/// of B's row and 6 broadcasts of A's column feed 24 fused multiply-adds.
+/// `b_rs` and `c_rs` elements apart, n a multiple of 16. By blocks of 6 rows of C and 64
+/// columns (24 accumulators, as gemm's microkernels; fewer at the edges): for each of the
+/// k, four loads of B's row and 6 broadcasts of A's column feed 24 fused multiply-adds.
 ///
 /// # Safety
 /// The CPU must support AVX-512F ([`super::avx512::available`]); C has m rows of n elements
