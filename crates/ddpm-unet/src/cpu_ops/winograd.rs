@@ -37,9 +37,7 @@
 //! ([`input_transform`], [`grad_transform`]), and the outputs are put back into the
 //! image's rows by the inverse permutes ([`output_transform`]).
 
-use std::collections::HashMap;
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
@@ -144,22 +142,22 @@ impl Shape3x3 {
     }
 }
 
-/// The lane masks of one shape, for blocks of a given number of samples.
+/// The lane masks of one shape, for blocks of a given number of samples. Built per call: a
+/// few hundred operations. (The gather tables it once held were cached per shape, since
+/// building them took 0.3–0.6% of a training step.)
 struct Plan {
     /// Per vector step q of a block's tiles (16q … 16q + 15): the lanes of tiles in the
     /// first tile column, and those in the last (see [`input_transform`]).
     edges: Vec<(u16, u16)>,
-    /// Columns of a block's transforms: `columns(block)`.
-    columns: usize,
     /// Samples per block.
     block: usize,
 }
 
 impl Plan {
-    /// The tables for blocks of `block` samples.
+    /// The masks for blocks of `block` samples.
     fn new(s: &Shape3x3, block: usize) -> Plan {
-        let (tc, columns) = (s.tile_cols(), s.columns(block));
-        let edges = (0..columns / LANES)
+        let tc = s.tile_cols();
+        let edges = (0..s.columns(block) / LANES)
             .map(|q| {
                 let lanes = |column: usize| {
                     (0..LANES)
@@ -169,46 +167,11 @@ impl Plan {
                 (lanes(0), lanes(tc - 1))
             })
             .collect();
-        Plan {
-            edges,
-            columns,
-            block,
-        }
+        Plan { edges, block }
     }
-}
-
-/// Index tables by shape (its batch set to 0: they do not depend on it) and samples per
-/// block.
-type Cache<V> = OnceLock<Mutex<HashMap<(Shape3x3, usize), Arc<V>>>>;
-
-/// The [`Plan`]s built so far.
-static PLANS: Cache<Plan> = OnceLock::new();
-
-/// The tables of `s` for blocks of `block` samples from `cache`, built by `build` on first
-/// use. A network has a few dozen shapes, and building the tables took 0.3–0.6% of a
-/// training step when every call built its own.
-fn cached<V>(
-    cache: &'static Cache<V>,
-    s: &Shape3x3,
-    block: usize,
-    build: impl FnOnce() -> V,
-) -> Arc<V> {
-    let key = (Shape3x3 { batch: 0, ..*s }, block);
-    let map = cache.get_or_init(Default::default);
-    // A poisoned lock only means another thread panicked while inserting: the map is
-    // still valid.
-    let lock = || map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(found) = lock().get(&key) {
-        return found.clone();
-    }
-    let built = Arc::new(build());
-    lock().entry(key).or_insert(built).clone()
-}
-
-impl Plan {
-    /// [`Plan::new`], built once per shape and block.
-    fn cached(s: &Shape3x3, block: usize) -> Arc<Plan> {
-        cached(&PLANS, s, block, || Plan::new(s, block))
+    /// Columns of a block's transforms: `columns(block)`.
+    fn columns(&self) -> usize {
+        self.edges.len() * LANES
     }
 }
 
@@ -325,7 +288,7 @@ vectorized_fn!(
     ) => input_transform_generic {
         let (plane, tiles) = (s.plane(), samples * s.tiles());
         let v_stride = matrix_stride(s.c_in, stride);
-        assert!(x.len() >= samples * s.c_in * plane && stride <= plan.columns);
+        assert!(x.len() >= samples * s.c_in * plane && stride <= plan.columns());
         assert!(v.len() >= XI * v_stride && stride >= tiles && stride.is_multiple_of(LANES));
         #[cfg(target_arch = "x86_64")]
         if super::avx512::available() {
@@ -386,7 +349,7 @@ unsafe fn by_rows_and_columns<const GRAD: bool>(
     let channels = if GRAD { s.c_out } else { s.c_in };
     let (out_stride, e_stride) = (matrix_stride(channels, stride), e_len(stride));
     assert!(x.len() >= samples * channels * plane && out.len() >= XI * out_stride);
-    assert!(e.len() >= 6 * e_stride && stride <= plan.columns && tiles <= stride);
+    assert!(e.len() >= 6 * e_stride && stride <= plan.columns() && tiles <= stride);
     for channel in 0..channels {
         // SAFETY: AVX-512F (the caller's guarantee); the samples' planes of the channel lie
         // in x, E_i's positions −1 … 4·stride + 1 in e, and the channel's columns of the 36
@@ -422,8 +385,9 @@ vectorized_fn!(
     /// ([`kernels::output_rows`]), each row a's four vectors interleaved by permutes into
     /// positions 4t + b of row a's buffer (tile row r of the block at positions
     /// 4⌈W/4⌉·r + x, x = 4tx + b); then the image's rows 4ty + a copied out of the buffers
-    /// with the bias ([`kernels::copy_row`]). (16-lane gathers of the outputs from the
-    /// tiles took most of this transform's time.) Otherwise tile by tile.
+    /// with the bias ([`kernels::copy_row`]). (With 16-lane gathers of the outputs from the
+    /// tiles instead, this transform took 13.9% of a forward probe's time, against 10.9%.)
+    /// Otherwise tile by tile.
     // The index loops read the 6×6 values by columns: a transpose.
     #[allow(clippy::needless_range_loop)]
     fn output_transform<T: Element>(
@@ -516,7 +480,7 @@ vectorized_fn!(
         e: &mut [T],
     ) => grad_transform_generic {
         let (plane, tiles) = (s.plane(), samples * s.tiles());
-        assert!(dy.len() >= samples * s.c_out * plane && stride <= plan.columns);
+        assert!(dy.len() >= samples * s.c_out * plane && stride <= plan.columns());
         assert!(z.len() >= XI * matrix_stride(s.c_out, stride) && stride >= tiles);
         #[cfg(target_arch = "x86_64")]
         if super::avx512::available() {
@@ -899,7 +863,7 @@ fn products<T: Element>(s: &Shape3x3, stride: usize, u: &[T], v: &[T], m: &mut [
 /// output channel (O) or per sample and channel (B·O).
 pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let u = filter_transform(s, w);
-    let plan = Plan::cached(s, s.block(FORWARD_BLOCK_TILES));
+    let plan = Plan::new(s, s.block(FORWARD_BLOCK_TILES));
     let per_channel = b.len() == s.c_out;
     let (group, block, plane) = (s.group(), plan.block, s.plane());
     let (in_per, out_per) = (s.c_in * plane, s.c_out * plane);
@@ -970,7 +934,7 @@ pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Ve
 /// ([`element::sum_partials`]), and one product with the
 /// [coefficients](filter_coefficients) gives ∂w.
 pub(super) fn grad_weight<T: Element>(s: &Shape3x3, x: &[T], dy: &[T]) -> Vec<T> {
-    let plan = Plan::cached(s, s.grad_block());
+    let plan = Plan::new(s, s.grad_block());
     let (group, block, plane) = (s.group(), plan.block, s.plane());
     let (in_per, out_per, kernels) = (s.c_in * plane, s.c_out * plane, s.c_in * s.c_out);
     let most = s.columns(block);
