@@ -154,6 +154,47 @@ pub(super) unsafe fn softmax_row_backward(grad: &mut [f32], y: &[f32], scale: f3
     }
 }
 
+/// The 16×16 transpose of the rows `r`: 8 unpacks, 8 in-lane shuffles, then a 4×4
+/// transpose of 128-bit lanes (16 lane shuffles).
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    let zero = _mm512_setzero_ps();
+    // t[2k], t[2k + 1]: rows 2k and 2k + 1 interleaved, in each 128-bit lane L.
+    let mut t = [zero; 16];
+    for k in 0..8 {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    // u[4g + m], lane L: rows 4g..4g + 4 of column 4L + m.
+    let mut u = [zero; 16];
+    for g in 0..4 {
+        let b = 4 * g;
+        u[b] = _mm512_shuffle_ps::<0x44>(t[b], t[b + 2]);
+        u[b + 1] = _mm512_shuffle_ps::<0xEE>(t[b], t[b + 2]);
+        u[b + 2] = _mm512_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
+        u[b + 3] = _mm512_shuffle_ps::<0xEE>(t[b + 1], t[b + 3]);
+    }
+    // Column 4L + m gathers lane L of u[m], u[4 + m], u[8 + m], u[12 + m].
+    let mut out = [zero; 16];
+    for m in 0..4 {
+        let (a, b, c, d) = (u[m], u[4 + m], u[8 + m], u[12 + m]);
+        let (ab_lo, ab_hi) = (
+            _mm512_shuffle_f32x4::<0x44>(a, b),
+            _mm512_shuffle_f32x4::<0xEE>(a, b),
+        );
+        let (cd_lo, cd_hi) = (
+            _mm512_shuffle_f32x4::<0x44>(c, d),
+            _mm512_shuffle_f32x4::<0xEE>(c, d),
+        );
+        out[m] = _mm512_shuffle_f32x4::<0x88>(ab_lo, cd_lo);
+        out[4 + m] = _mm512_shuffle_f32x4::<0xDD>(ab_lo, cd_lo);
+        out[8 + m] = _mm512_shuffle_f32x4::<0x88>(ab_hi, cd_hi);
+        out[12 + m] = _mm512_shuffle_f32x4::<0xDD>(ab_hi, cd_hi);
+    }
+    out
+}
+
 /// The sum of the 16 lanes, in f64.
 #[inline]
 #[target_feature(enable = "avx512f")]

@@ -801,6 +801,33 @@ mod kernels {
         }
     }
 
+    /// `dst[t·rows + r] = src[r·src_rs + t]` for r < `rows` and t < `columns`, both
+    /// multiples of 16: the transpose of a `rows` × `columns` matrix, by 16×16 blocks.
+    ///
+    /// # Safety
+    /// AVX-512F; src's rows lie in its allocation, and dst holds `columns`·`rows` elements.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose(
+        (src, src_rs): (*const f32, usize),
+        (rows, columns): (usize, usize),
+        dst: *mut f32,
+    ) {
+        for r0 in (0..rows).step_by(LANES) {
+            for t0 in (0..columns).step_by(LANES) {
+                // SAFETY (the loads and stores): the caller's guarantee.
+                let block: [__m512; LANES] = std::array::from_fn(|r| unsafe {
+                    _mm512_loadu_ps(src.add((r0 + r) * src_rs + t0))
+                });
+                for (t, value) in super::super::avx512::transpose16(block)
+                    .into_iter()
+                    .enumerate()
+                {
+                    unsafe { _mm512_storeu_ps(dst.add((t0 + t) * rows + r0), value) };
+                }
+            }
+        }
+    }
+
     /// `dst[x] = src[x] + bias` for a row.
     ///
     /// # Safety
@@ -840,7 +867,13 @@ fn products<T: Element>(s: &Shape3x3, stride: usize, u: &[T], v: &[T], m: &mut [
             let out = m[..s.c_out * stride].as_mut_ptr();
             // SAFETY: AVX-512F is available; M holds O rows of `stride` (asserted above).
             unsafe {
-                unpacked_gemm::product((s.c_out, s.c_in, stride), u, (v, stride), (out, stride))
+                unpacked_gemm::product(
+                    (s.c_out, s.c_in, stride),
+                    (u, s.c_in),
+                    (v, stride),
+                    (out, stride),
+                    false,
+                )
             };
             return;
         }
@@ -857,6 +890,77 @@ fn products<T: Element>(s: &Shape3x3, stride: usize, u: &[T], v: &[T], m: &mut [
         (stride, 1),
         gemm::Parallelism::None,
     );
+}
+
+/// ∂U_ξᵀ (C × O) = V_ξ (C × `tiles`) · Z_ξᵀ (`tiles` × O) for the 36 ξ, or += when
+/// `accumulate`: the weight gradient's products for one block, the rows of V_ξ and Z_ξ
+/// `stride` elements apart, `dut` 36 matrices C × O.
+///
+/// f32 on AVX-512 CPUs with O a multiple of 16: Z_ξ transposed into `zt` (`stride` × O),
+/// then [`unpacked_gemm::product`], which reads V_ξ where it lies. Otherwise by `gemm`,
+/// which copies both into its own layout, Z_ξᵀ's elements `stride` apart.
+fn weight_products<T: Element>(
+    s: &Shape3x3,
+    (tiles, stride): (usize, usize),
+    (v, z): (&[T], &[T]),
+    zt: &mut [T],
+    dut: &mut [T],
+    accumulate: bool,
+) {
+    let kernels = s.c_in * s.c_out;
+    assert!(tiles <= stride && stride.is_multiple_of(LANES) && dut.len() >= XI * kernels);
+    let (v_stride, z_stride) = (
+        matrix_stride(s.c_in, stride),
+        matrix_stride(s.c_out, stride),
+    );
+    assert!(v.len() >= XI * v_stride && z.len() >= XI * z_stride);
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() && s.c_out.is_multiple_of(LANES) {
+        if let (Some(v), Some(z), Some(zt), Some(dut)) = (
+            T::as_f32(v),
+            T::as_f32(z),
+            T::as_f32_mut(zt),
+            T::as_f32_mut(dut),
+        ) {
+            // Z_ξ's columns up to `tiles`, rounded up to whole vectors (the rest are zero).
+            let columns = tiles.next_multiple_of(LANES);
+            assert!(zt.len() >= columns * s.c_out);
+            for xi in 0..XI {
+                // SAFETY: AVX-512F is available; Z_ξ's O rows of `stride` ≥ `columns`
+                // elements lie in z, and zt holds columns × O elements (asserted above).
+                unsafe {
+                    kernels::transpose(
+                        (z[xi * z_stride..].as_ptr(), stride),
+                        (s.c_out, columns),
+                        zt.as_mut_ptr(),
+                    );
+                    unpacked_gemm::product(
+                        (s.c_in, tiles, s.c_out),
+                        (&v[xi * v_stride..], stride),
+                        (zt, s.c_out),
+                        (dut[xi * kernels..][..kernels].as_mut_ptr(), s.c_out),
+                        accumulate,
+                    );
+                }
+            }
+            return;
+        }
+    }
+    let _ = zt;
+    for xi in 0..XI {
+        matmul(
+            s.c_in,
+            s.c_out,
+            stride,
+            &mut dut[xi * kernels..],
+            accumulate,
+            &v[xi * v_stride..],
+            (stride, 1),
+            &z[xi * z_stride..],
+            (1, stride),
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// y = conv(x, w) + b for a 3×3 kernel w (O, C, 3, 3), stride 1 and padding 1; b is per
@@ -944,32 +1048,25 @@ pub(super) fn grad_weight<T: Element>(s: &Shape3x3, x: &[T], dy: &[T]) -> Vec<T>
             XI * matrix_stride(s.c_in, most),
             XI * matrix_stride(s.c_out, most),
         );
-        with_scratch(v_len + z_len + 6 * e_len(most), |scratch: &mut [T]| {
-            let (v, rest) = scratch.split_at_mut(v_len);
-            let (z, e) = rest.split_at_mut(z_len);
-            let samples = x_g.len() / in_per;
-            for first in (0..samples).step_by(block) {
-                let n = block.min(samples - first);
-                let stride = s.columns(n);
-                input_transform(s, &plan, &x_g[first * in_per..], n, stride, v, e);
-                grad_transform(s, &plan, &dy_g[first * out_per..], n, stride, z, e);
-                // ∂U_ξᵀ (C × O) += V_ξ · Z_ξᵀ.
-                for xi in 0..XI {
-                    matmul(
-                        s.c_in,
-                        s.c_out,
-                        stride,
-                        &mut dut[xi * kernels..],
-                        first > 0,
-                        &v[xi * matrix_stride(s.c_in, stride)..],
-                        (stride, 1),
-                        &z[xi * matrix_stride(s.c_out, stride)..],
-                        (1, stride),
-                        gemm::Parallelism::None,
-                    );
+        let e_total = 6 * e_len(most);
+        with_scratch(
+            v_len + z_len + e_total + most * s.c_out,
+            |scratch: &mut [T]| {
+                let (v, rest) = scratch.split_at_mut(v_len);
+                let (z, rest) = rest.split_at_mut(z_len);
+                let (e, zt) = rest.split_at_mut(e_total);
+                let samples = x_g.len() / in_per;
+                for first in (0..samples).step_by(block) {
+                    let n = block.min(samples - first);
+                    let stride = s.columns(n);
+                    input_transform(s, &plan, &x_g[first * in_per..], n, stride, v, e);
+                    grad_transform(s, &plan, &dy_g[first * out_per..], n, stride, z, e);
+                    // ∂U_ξᵀ (C × O) += V_ξ · Z_ξᵀ.
+                    let tiles = n * s.tiles();
+                    weight_products(s, (tiles, stride), (v, z), zt, &mut dut, first > 0);
                 }
-            }
-        });
+            },
+        );
         dut
     };
     // One partial sum per group, added into the first: no zeroed identities to add.
@@ -1211,10 +1308,21 @@ mod tests {
 
     #[test]
     fn grad_weight_matches_the_definition() {
-        let wide = [(14, 32), (28, 16), (7, 48)].map(|(side, channels)| Shape3x3 {
-            batch: 3,
-            c_in: channels,
-            c_out: channels + 8,
+        // Output channels past whole vectors (gemm's path), then multiples of 16 (the f32
+        // products without gemm: 3 and 5 vectors, 13 input channels for rows 6 + 6 + 1, and
+        // groups of two blocks, whole and partial: 6 samples of 28×28 as 4 + 2, 20 of 7×7
+        // as 16 + 4, with two threads).
+        let wide = [
+            (3, 14, 32, 40),
+            (3, 28, 16, 24),
+            (3, 7, 48, 56),
+            (12, 28, 10, 48),
+            (40, 7, 13, 80),
+        ]
+        .map(|(batch, side, c_in, c_out)| Shape3x3 {
+            batch,
+            c_in,
+            c_out,
             h: side,
             w: side,
         });
