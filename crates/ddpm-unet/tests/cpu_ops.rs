@@ -61,7 +61,7 @@ fn grads_of_weighted_sum(y: &Tensor, r: &Tensor) -> candle_core::backprop::GradS
 /// - the forward is computed transposed, pixel by channel, for at least 64 output channels
 ///   (a multiple of 16) and at most 196 pixels, unless Winograd takes it (cases 13 and 14,
 ///   63 and 30 pixels, the first in two products of 48 and 15).
-const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 21] = [
+const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 24] = [
     ([4, 3, 7, 9], [5, 3, 3, 3], 1, 1),
     ([3, 4, 8, 8], [4, 4, 3, 3], 2, 1),
     ([3, 4, 9, 7], [2, 4, 3, 3], 2, 0),
@@ -87,6 +87,12 @@ const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 21] = [
     ([3, 16, 8, 8], [24, 16, 3, 3], 1, 1),
     // 1×1 with 13 output channels and 77 pixels.
     ([3, 20, 7, 11], [13, 20, 1, 1], 1, 0),
+    // 1×1 weight gradients on AVX-512 CPUs with the input transposed (16 and 32 input
+    // channels, fewer than the output's or the only multiple of 16), and with the output
+    // gradient transposed (48 output channels); 81 and 35 pixels, a partial 16-lane block.
+    ([5, 32, 9, 9], [48, 32, 1, 1], 1, 0),
+    ([3, 16, 5, 7], [13, 16, 1, 1], 1, 0),
+    ([3, 20, 9, 9], [48, 20, 1, 1], 1, 0),
     // Stride 2, 3×3, padding 1 (the downsampling convolution), 17 output columns: its
     // unfolding by chunks of 15 and 2 on AVX-512 CPUs, with an odd height.
     ([2, 3, 9, 33], [4, 3, 3, 3], 2, 1),

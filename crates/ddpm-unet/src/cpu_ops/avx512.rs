@@ -195,6 +195,35 @@ pub(super) fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     out
 }
 
+/// `dst[t·rows + r] = src[r·src_rs + t]` for r < `rows` (a multiple of 16) and t <
+/// `columns`: the transpose of a `rows` × `columns` matrix, by 16×16 blocks (the last
+/// block's columns masked).
+///
+/// # Safety
+/// The CPU must support AVX-512F ([`available`]); src's `rows` rows of `columns` elements,
+/// `src_rs` apart, are readable, and dst holds `columns`·`rows` elements.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn transpose(
+    (src, src_rs): (*const f32, usize),
+    (rows, columns): (usize, usize),
+    dst: *mut f32,
+) {
+    debug_assert!(rows.is_multiple_of(16));
+    for r0 in (0..rows).step_by(16) {
+        for t0 in (0..columns).step_by(16) {
+            let width = (columns - t0).min(16);
+            let mask = tail_mask(width);
+            // SAFETY (the loads and stores): the caller's guarantee.
+            let block: [__m512; 16] = std::array::from_fn(|r| unsafe {
+                _mm512_maskz_loadu_ps(mask, src.add((r0 + r) * src_rs + t0))
+            });
+            for (t, value) in transpose16(block).into_iter().take(width).enumerate() {
+                unsafe { _mm512_storeu_ps(dst.add((t0 + t) * rows + r0), value) };
+            }
+        }
+    }
+}
+
 /// The sum of the 16 lanes, in f64.
 #[inline]
 #[target_feature(enable = "avx512f")]

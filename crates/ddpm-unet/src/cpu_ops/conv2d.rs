@@ -903,6 +903,69 @@ vectorized_fn!(
     fn row_sum<T: Element>(row: &[T]) -> f64 => element::sum
 );
 
+/// ∂L/∂Wᵀ (C × O) = Σ_n x_n·g_nᵀ over the samples of `x` and `dy` for a
+/// [pointwise](Geometry::is_pointwise) convolution, into `dwt`, on AVX-512 CPUs when C or O
+/// is a multiple of 16; false (and `dwt` untouched) otherwise.
+///
+/// Both operands hold the pixels they sum over contiguously, so one is transposed per
+/// sample (16×16 blocks, into the thread's scratch), the one with fewer channels, and
+/// [`unpacked_gemm::product`](super::unpacked_gemm::product) multiplies them where they
+/// lie. (gemm copies both into its own layout, g_nᵀ's elements a row apart.)
+#[cfg(target_arch = "x86_64")]
+fn pointwise_grad_weight(g: &Geometry, x: &[f32], dy: &[f32], dwt: &mut [f32]) -> bool {
+    let (c, o, pixels) = (g.c_in, g.c_out, g.out_pixels());
+    if !super::avx512::available() {
+        return false;
+    }
+    // Transpose x_n (P × C) and accumulate ∂L/∂W (O × C), or transpose g_n (P × O) and
+    // accumulate ∂L/∂Wᵀ (C × O).
+    let by_input = match (c.is_multiple_of(16), o.is_multiple_of(16)) {
+        (true, true) => c <= o,
+        (by_input, by_output) if by_input || by_output => by_input,
+        _ => return false,
+    };
+    let (x_per, dy_per) = (c * pixels, o * pixels);
+    let samples = x.len() / x_per;
+    assert!(x.len() == samples * x_per && dy.len() == samples * dy_per && dwt.len() == c * o);
+    let narrow = if by_input { c } else { o };
+    with_scratch(pixels * narrow + c * o, |scratch: &mut [f32]| {
+        let (t, dw) = scratch.split_at_mut(pixels * narrow);
+        for n in 0..samples {
+            let (x_n, dy_n) = (&x[n * x_per..][..x_per], &dy[n * dy_per..][..dy_per]);
+            let (transposed, other, rows, acc) = if by_input {
+                (x_n, dy_n, o, &mut *dw)
+            } else {
+                (dy_n, x_n, c, &mut *dwt)
+            };
+            // SAFETY: AVX-512F is available; `transposed` holds `narrow` rows of `pixels`,
+            // t holds pixels × narrow elements, `other` `rows` rows of `pixels`, and acc
+            // rows × narrow elements (the lengths asserted above).
+            unsafe {
+                super::avx512::transpose(
+                    (transposed.as_ptr(), pixels),
+                    (narrow, pixels),
+                    t.as_mut_ptr(),
+                );
+                super::unpacked_gemm::product(
+                    (rows, pixels, narrow),
+                    (other, pixels),
+                    (t, narrow),
+                    (acc.as_mut_ptr(), narrow),
+                    n > 0,
+                );
+            }
+        }
+        if by_input && samples > 0 {
+            for (i, row) in dw.chunks_exact(c).enumerate() {
+                for (j, &value) in row.iter().enumerate() {
+                    dwt[j * o + i] = value;
+                }
+            }
+        }
+    });
+    true
+}
+
 /// [∂L/∂W (O·K), ∂L/∂b] from the input and the output gradient; ∂L/∂b has O entries, or
 /// B·O (one per sample and channel) when `per_sample_bias`.
 fn grad_weight_bias<T: Element>(
@@ -920,6 +983,18 @@ fn grad_weight_bias<T: Element>(
     // packs only g_n, O rows instead of K. g_nᵀ (OHW×O): element (j, o) = g_n[o·OHW + j].
     let partial = |(x_chunk, g_chunk): (&[T], &[T])| -> Vec<T> {
         let mut dwt = vec![T::ZERO; k * o];
+        #[cfg(target_arch = "x86_64")]
+        if g.is_pointwise() {
+            if let (Some(x), Some(dy), Some(out)) = (
+                T::as_f32(x_chunk),
+                T::as_f32(g_chunk),
+                T::as_f32_mut(&mut dwt),
+            ) {
+                if pointwise_grad_weight(g, x, dy, out) {
+                    return dwt;
+                }
+            }
+        }
         for (n, (x_n, g_n)) in x_chunk
             .chunks(g.in_size())
             .zip(g_chunk.chunks(o * ohw))

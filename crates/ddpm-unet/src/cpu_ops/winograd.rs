@@ -801,33 +801,6 @@ mod kernels {
         }
     }
 
-    /// `dst[t·rows + r] = src[r·src_rs + t]` for r < `rows` and t < `columns`, both
-    /// multiples of 16: the transpose of a `rows` × `columns` matrix, by 16×16 blocks.
-    ///
-    /// # Safety
-    /// AVX-512F; src's rows lie in its allocation, and dst holds `columns`·`rows` elements.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn transpose(
-        (src, src_rs): (*const f32, usize),
-        (rows, columns): (usize, usize),
-        dst: *mut f32,
-    ) {
-        for r0 in (0..rows).step_by(LANES) {
-            for t0 in (0..columns).step_by(LANES) {
-                // SAFETY (the loads and stores): the caller's guarantee.
-                let block: [__m512; LANES] = std::array::from_fn(|r| unsafe {
-                    _mm512_loadu_ps(src.add((r0 + r) * src_rs + t0))
-                });
-                for (t, value) in super::super::avx512::transpose16(block)
-                    .into_iter()
-                    .enumerate()
-                {
-                    unsafe { _mm512_storeu_ps(dst.add((t0 + t) * rows + r0), value) };
-                }
-            }
-        }
-    }
-
     /// `dst[x] = src[x] + bias` for a row.
     ///
     /// # Safety
@@ -929,7 +902,7 @@ fn weight_products<T: Element>(
                 // SAFETY: AVX-512F is available; Z_ξ's O rows of `stride` ≥ `columns`
                 // elements lie in z, and zt holds columns × O elements (asserted above).
                 unsafe {
-                    kernels::transpose(
+                    super::avx512::transpose(
                         (z[xi * z_stride..].as_ptr(), stride),
                         (s.c_out, columns),
                         zt.as_mut_ptr(),
