@@ -7,7 +7,7 @@
 //! a few thousand operations each, of order 1–10) rounds to about 1e-14, which gives
 //! differences off by up to about 1e-8. The analytic gradient must meet a 1e-4 relative
 //! tolerance against max(|numeric|, |analytic|, 1e-4), so an absolute 1e-8 where the
-//! gradient is below 1e-4. (With a floor of 1e-6, about one run in thirty failed on some
+//! gradient is below 1e-4. (With a floor of 1e-6, two runs in 95 failed on a
 //! gradient near 6e-6 off by 2.6e-9: the initialisation is random, as candle's CPU generator
 //! cannot be seeded.) A dropped or overwritten gradient (candle 0.11's fused softmax, fast
 //! norms, `upsample_nearest2d`) is off by O(1).
