@@ -611,7 +611,7 @@ pub(super) fn matmul_strided<T: Element>(
 /// [`matmul`] without accumulating, into uninitialised memory: every one of the m × n
 /// elements of dst is written (gemm does not read dst when it does not accumulate).
 #[allow(clippy::too_many_arguments)]
-fn matmul_uninit<T: Element>(
+pub(super) fn matmul_uninit<T: Element>(
     m: usize,
     n: usize,
     k: usize,

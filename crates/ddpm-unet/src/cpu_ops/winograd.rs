@@ -41,7 +41,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::conv2d::matmul;
+use super::conv2d::{matmul, matmul_uninit};
 use super::element::{self, with_scratch, Element};
 use super::simd::vectorized_fn;
 #[cfg(target_arch = "x86_64")]
@@ -191,19 +191,21 @@ fn filter_coefficients<T: Element>() -> Vec<T> {
 /// [coefficients](filter_coefficients) (36 × 9) and the kernels (9 × O·C).
 fn filter_transform<T: Element>(s: &Shape3x3, w: &[T]) -> Vec<T> {
     let kernels = s.c_out * s.c_in;
-    let mut u = vec![T::ZERO; XI * kernels];
-    matmul(
+    // Written whole by the product: no zeroed buffer first.
+    let mut u = Vec::with_capacity(XI * kernels);
+    matmul_uninit(
         XI,
         kernels,
         9,
-        &mut u,
-        false,
+        &mut u.spare_capacity_mut()[..XI * kernels],
         &filter_coefficients::<T>(),
         (9, 1),
         w,
         (1, 9),
         gemm::Parallelism::Rayon(super::threads()),
     );
+    // SAFETY: the product wrote all XI × kernels elements.
+    unsafe { u.set_len(XI * kernels) };
     u
 }
 
@@ -1051,19 +1053,20 @@ pub(super) fn grad_weight<T: Element>(s: &Shape3x3, x: &[T], dy: &[T]) -> Vec<T>
         XI * kernels,
     );
     // ∂w, element ((c, o), 3u + v): Σ_ξ ∂U_ξᵀ[c, o]·G_iu G_jv.
-    let mut by_input = vec![T::ZERO; kernels * 9];
-    matmul(
+    let mut by_input = Vec::with_capacity(kernels * 9);
+    matmul_uninit(
         kernels,
         9,
         XI,
-        &mut by_input,
-        false,
+        &mut by_input.spare_capacity_mut()[..kernels * 9],
         &dut,
         (1, kernels),
         &filter_coefficients::<T>(),
         (9, 1),
-        gemm::Parallelism::None,
+        gemm::Parallelism::Rayon(super::threads()),
     );
+    // SAFETY: the product wrote all kernels × 9 elements.
+    unsafe { by_input.set_len(kernels * 9) };
     let mut dw = vec![T::ZERO; kernels * 9];
     for (at, k) in by_input.chunks_exact(9).enumerate() {
         let (c, o) = (at / s.c_out, at % s.c_out);
