@@ -207,7 +207,7 @@ impl UpBlock {
             let skip = skips.pop().ok_or_else(|| {
                 candle_core::Error::Msg("U-Net ran out of skip connections".into())
             })?;
-            h = resnet.forward(&Tensor::cat(&[&h, &skip], 1)?, temb, train)?;
+            h = resnet.forward(&crate::cpu_ops::concat_channels(&h, &skip)?, temb, train)?;
             if let Some(attn) = self.attentions.get(j) {
                 h = attn.forward(&h)?;
             }

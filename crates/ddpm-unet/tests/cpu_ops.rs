@@ -546,3 +546,48 @@ fn packed_qkv_attention_matches_candle_and_finite_differences() {
         );
     }
 }
+
+/// The channel concatenation against `Tensor::cat`, forward (exactly: a copy) and backward
+/// (each input's gradient its part of the weights r, exactly), on shapes with one and several
+/// samples, and an input used twice, whose two gradients the store must add.
+#[test]
+fn concat_channels_matches_candle_cat() {
+    use ddpm_unet::cpu_ops::concat_channels;
+    for (i, (a_shape, c2)) in [
+        ([1usize, 2, 3, 5], 3usize),
+        ([4, 5, 2, 2], 1),
+        ([3, 1, 7, 4], 6),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let label = format!("concat case {i}");
+        let seed = 3100 + 10 * i as u64;
+        let [b, c1, h, w] = a_shape;
+        let a = Var::from_tensor(&randn(&a_shape, DType::F32, seed)).unwrap();
+        let other = Var::from_tensor(&randn(&[b, c2, h, w], DType::F32, seed + 1)).unwrap();
+        let ours = concat_channels(&a, &other).unwrap();
+        let reference = Tensor::cat(&[a.as_tensor(), other.as_tensor()], 1).unwrap();
+        assert_eq!(ours.dims(), [b, c1 + c2, h, w], "{label}: shape");
+        assert_eq!(rel_diff(&ours, &reference), 0.0, "{label}: forward");
+        let r = randn(&[b, c1 + c2, h, w], DType::F32, seed + 2);
+        let (g_ours, g_ref) = (
+            grads_of_weighted_sum(&ours, &r),
+            grads_of_weighted_sum(&reference, &r),
+        );
+        for (name, var) in [("a", &a), ("b", &other)] {
+            let (got, want) = (g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
+            assert_eq!(got.dims(), var.dims(), "{label}: ∂/∂{name} shape");
+            assert_eq!(rel_diff(got, want), 0.0, "{label}: ∂/∂{name}");
+        }
+        // [a; a]: ∂/∂a is the sum of both parts.
+        let twice = concat_channels(&a, &a).unwrap();
+        let r = randn(&[b, 2 * c1, h, w], DType::F32, seed + 3);
+        let g = grads_of_weighted_sum(&twice, &r);
+        let want = (r.narrow(1, 0, c1).unwrap() + r.narrow(1, c1, c1).unwrap()).unwrap();
+        assert!(
+            rel_diff(g.get(&a).unwrap(), &want) < 1e-7,
+            "{label}: [a; a]"
+        );
+    }
+}

@@ -16,6 +16,7 @@ mod attention;
 mod attention_kernels;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod concat;
 mod conv2d;
 mod element;
 mod group_norm;
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{DType, Tensor};
 
 pub use attention::{attention, attention_channels_first, attention_qkv};
+pub use concat::concat_channels;
 pub use conv2d::conv2d;
 pub use group_norm::group_norm;
 pub use simd::{simd_level, SimdLevel};
