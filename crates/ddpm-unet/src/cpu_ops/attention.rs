@@ -72,28 +72,25 @@ fn head<'a, T>(g: &Geometry, sample: &'a [T], h: usize) -> (&'a [T], &'a [T], &'
     (at(0), at(1), at(2))
 }
 
-/// Pᵀ = softmax(s·Q·Kᵀ)ᵀ into `pt` (N rows of `ld`, see [`attention_kernels`]).
-fn weights_t<T: Element>(g: &Geometry, q: &[T], k: &[T], scale: f64, pt: &mut [T], ld: usize) {
-    attention_kernels::scores_t(g.n, g.d, q, k, pt, ld);
-    attention_kernels::softmax_columns(pt, g.n, ld, scale);
-}
-
 fn forward<T: Element>(g: &Geometry, qkv: &[T], scale: f64) -> Vec<T> {
     let (n, size, ld) = (g.n, g.size(), attention_kernels::leading(g.n));
     // Written head by head into uninitialised capacity (`mix` writes all of each head's O).
     let len = g.batch * g.per_sample();
     let mut out = Vec::with_capacity(len);
-    // The weights live in this thread's reused scratch (`weights_t` writes all of it).
+    // The weights live in this thread's reused scratch (`softmax_weights_t` writes them and
+    // the sums' reciprocals).
     out.spare_capacity_mut()[..len]
         .par_chunks_mut(size)
         .enumerate()
         .for_each(|(i, o)| {
             let (b, h) = (i / g.heads, i % g.heads);
             let (q, k, v) = head(g, &qkv[b * 3 * g.per_sample()..], h);
-            with_scratch(n * ld, |pt| {
-                weights_t(g, q, k, scale, pt, ld);
+            with_scratch(n * ld + ld, |scratch| {
+                // Unnormalised weights, and the reciprocals of their sums for O.
+                let (pt, inv) = scratch.split_at_mut(n * ld);
+                attention_kernels::softmax_weights_t((n, g.d), q, k, scale, pt, ld, Some(inv));
                 // O = P·V.
-                attention_kernels::mix(n, g.d, pt, ld, v, o);
+                attention_kernels::mix(n, g.d, pt, ld, v, o, Some(inv));
             })
         });
     // SAFETY: every head's O was written by `mix`.
@@ -128,17 +125,17 @@ fn backward<T: Element>(g: &Geometry, qkv: &[T], grad: &[T], scale: f64) -> Vec<
                 with_scratch(3 * n * ld, |scratch| {
                     let (pt, rest) = scratch.split_at_mut(n * ld);
                     let (dpt, rows) = rest.split_at_mut(n * ld);
-                    weights_t(g, q_i, k_i, scale, pt, ld);
+                    attention_kernels::softmax_weights_t((n, d), q_i, k_i, scale, pt, ld, None);
                     // dV = Pᵀ·dO, i.e. dVᵀ (channels first) from P by rows.
                     attention_kernels::transpose(pt, rows, n, ld);
-                    attention_kernels::mix(n, d, rows, ld, do_i, dv_i);
+                    attention_kernels::mix(n, d, rows, ld, do_i, dv_i, None);
                     // dPᵀ = (dO·Vᵀ)ᵀ, then dSᵀ = (s·P ⊙ (dP − rowsum(dP ⊙ P)))ᵀ in place.
                     attention_kernels::scores_t(n, d, do_i, v_i, dpt, ld);
                     attention_kernels::softmax_columns_backward(dpt, pt, n, ld, scale);
                     // dQ = dS·K; dK = dSᵀ·Q from dS by rows.
-                    attention_kernels::mix(n, d, dpt, ld, k_i, dq_i);
+                    attention_kernels::mix(n, d, dpt, ld, k_i, dq_i, None);
                     attention_kernels::transpose(dpt, rows, n, ld);
-                    attention_kernels::mix(n, d, rows, ld, q_i, dk_i);
+                    attention_kernels::mix(n, d, rows, ld, q_i, dk_i, None);
                 })
             }
         });

@@ -8,6 +8,7 @@
 //! With S = Q·Kᵀ, P = softmax(s·S) by rows, O = P·V:
 //! - [`scores_t`] writes Sᵀ (and, in the backward pass, dPᵀ = (dO·Vᵀ)ᵀ);
 //! - [`softmax_columns`] turns Sᵀ into Pᵀ, [`softmax_columns_backward`] dPᵀ into dSᵀ;
+//! - [`softmax_weights_t`] does both for Pᵀ, and can leave the normalisation to [`mix`];
 //! - [`mix`] writes O = P·V, channels first (and dQ = dS·K);
 //! - [`transpose`] gives P and dS by rows, for dV = Pᵀ·dO and dK = dSᵀ·Q through [`mix`].
 //!
@@ -38,7 +39,7 @@ pub(super) fn scores_t<T: Element>(n: usize, d: usize, a: &[T], b: &[T], wt: &mu
     if super::avx512::available() {
         if let (Some(a), Some(b), Some(wt)) = (T::as_f32(a), T::as_f32(b), T::as_f32_mut(wt)) {
             // SAFETY: `available` confirmed AVX-512F; the lengths are asserted above.
-            unsafe { kernels::scores_t(n, d, a, b, wt, ld) };
+            unsafe { kernels::scores_t(n, d, a, b, wt, ld, None) };
             return;
         }
     }
@@ -57,9 +58,10 @@ pub(super) fn scores_t<T: Element>(n: usize, d: usize, a: &[T], b: &[T], wt: &mu
     );
 }
 
-/// `out[c·n + i]` = Σ_j wt[j·ld + i]·x[c·n + j] for i < n, c < d: W·X for W (N×N) given
+/// `out[c·n + i]` = r_i·Σ_j wt[j·ld + i]·x[c·n + j] for i < n, c < d: W·X for W (N×N) given
 /// transposed and X (N×d) channels first, written channels first into `out`, which may be
-/// uninitialised (all of its first n·d elements are written).
+/// uninitialised (all of its first n·d elements are written); r_i = `scale_by[i]` (as
+/// [`softmax_weights_t`] leaves it), or 1.
 pub(super) fn mix<T: Element>(
     n: usize,
     d: usize,
@@ -67,23 +69,32 @@ pub(super) fn mix<T: Element>(
     ld: usize,
     x: &[T],
     out: &mut [MaybeUninit<T>],
+    scale_by: Option<&[T]>,
 ) {
     assert!(x.len() >= n * d && out.len() >= n * d && ld >= leading(n) && wt.len() >= n * ld);
+    assert!(scale_by.is_none_or(|r| r.len() >= leading(n)));
     #[cfg(target_arch = "x86_64")]
     if super::avx512::available() {
-        if let (Some(wt), Some(x), Some(out)) = (T::as_f32(wt), T::as_f32(x), T::as_f32_uninit(out))
+        // The row scales as f32 too, when given.
+        let r = match scale_by {
+            None => Some(None),
+            Some(r) => T::as_f32(r).map(Some),
+        };
+        if let (Some(wt), Some(x), Some(out), Some(r)) =
+            (T::as_f32(wt), T::as_f32(x), T::as_f32_uninit(out), r)
         {
             // SAFETY: `available` confirmed AVX-512F; the lengths are asserted above.
-            unsafe { kernels::mix(n, d, wt, ld, x, out) };
+            unsafe { kernels::mix(n, d, wt, ld, x, out, r) };
             return;
         }
     }
     // out (c, i) = Σ_j x (c, j)·wt (j, i).
+    let out = element::zeroed(&mut out[..n * d]);
     matmul(
         d,
         n,
         n,
-        element::zeroed(&mut out[..n * d]),
+        out,
         false,
         x,
         (n, 1),
@@ -91,6 +102,13 @@ pub(super) fn mix<T: Element>(
         (ld, 1),
         Parallelism::None,
     );
+    if let Some(r) = scale_by {
+        for row in out.chunks_mut(n) {
+            for (value, &r) in row.iter_mut().zip(r) {
+                *value = *value * r;
+            }
+        }
+    }
 }
 
 /// In place, for each query i < n: wt[·, i] ← softmax(s·wt[·, i]) over the n keys,
@@ -110,6 +128,48 @@ pub(super) fn softmax_columns<T: Element>(wt: &mut [T], n: usize, ld: usize, sca
         }
     }
     softmax_columns_vectorized(wt, n, ld, scale)
+}
+
+/// Pᵀ = softmax(s·A·Bᵀ)ᵀ into `wt` for A, B (N×d) channels first: [`scores_t`], then
+/// [`softmax_columns`]. With `inv`, the columns are left unnormalised, e^(s·x − m), and
+/// `inv[i]` (of [`leading`]`(n)` elements) gets 1/Σ_j e^(s·x_j − m) for [`mix`] to scale
+/// O by (one pass over the weights fewer). f32 on AVX-512 CPUs with s > 0 tracks each
+/// query's maximum while the scores are computed (another pass fewer: max s·x = s·max x);
+/// otherwise `inv` is all ones.
+pub(super) fn softmax_weights_t<T: Element>(
+    (n, d): (usize, usize),
+    a: &[T],
+    b: &[T],
+    scale: f64,
+    wt: &mut [T],
+    ld: usize,
+    mut inv: Option<&mut [T]>,
+) {
+    assert!(a.len() >= n * d && b.len() >= n * d && ld >= leading(n) && wt.len() >= n * ld);
+    assert!(inv.as_ref().is_none_or(|inv| inv.len() >= leading(n)));
+    #[cfg(target_arch = "x86_64")]
+    if super::avx512::available() && scale > 0.0 && n > 0 {
+        let inv32 = match inv.as_deref_mut() {
+            None => Some(None),
+            Some(inv) => T::as_f32_mut(inv).map(Some),
+        };
+        if let (Some(a), Some(b), Some(wt), Some(inv)) =
+            (T::as_f32(a), T::as_f32(b), T::as_f32_mut(wt), inv32)
+        {
+            let mut max = vec![0.0f32; leading(n)];
+            // SAFETY: `available` confirmed AVX-512F; the lengths are asserted above.
+            unsafe {
+                kernels::scores_t(n, d, a, b, wt, ld, Some(&mut max));
+                kernels::exp_columns(wt, (n, ld), scale as f32, &max, inv);
+            }
+            return;
+        }
+    }
+    scores_t(n, d, a, b, wt, ld);
+    softmax_columns(wt, n, ld, scale);
+    if let Some(inv) = inv {
+        inv.fill(T::ONE);
+    }
 }
 
 vectorized_fn!(
@@ -263,12 +323,13 @@ mod kernels {
     #[allow(clippy::needless_range_loop)]
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn scores_block<const V: usize, const J: usize>(
+    unsafe fn scores_block<const V: usize, const J: usize, const MAX: bool>(
         (n, d): (usize, usize),
         (a, b): (*const f32, *const f32),
         (i0, j0): (usize, usize),
         mask: [__mmask16; V],
         (wt, ld): (*mut f32, usize),
+        max: *mut f32,
     ) {
         let mut acc = [[_mm512_setzero_ps(); J]; V];
         for c in 0..d {
@@ -290,9 +351,22 @@ mod kernels {
                 unsafe { _mm512_storeu_ps(wt.add((j0 + jj) * ld + i0 + 16 * v), acc[jj]) };
             }
         }
+        if MAX {
+            for (v, acc) in acc.iter().enumerate() {
+                let most = acc.iter().fold(_mm512_set1_ps(f32::NEG_INFINITY), |m, &x| {
+                    _mm512_max_ps(m, x)
+                });
+                // SAFETY: lanes up to i0 + 16·V ≤ ld of the caller's `max`.
+                unsafe {
+                    let at = max.add(i0 + 16 * v);
+                    _mm512_storeu_ps(at, _mm512_max_ps(_mm512_loadu_ps(at), most));
+                }
+            }
+        }
     }
 
-    /// [`super::scores_t`].
+    /// [`super::scores_t`], and with `max` the maximum of each query's scores over the keys
+    /// into `max[i]` (its first [`super::leading`]`(n)` elements, set to −∞ first).
     ///
     /// # Safety
     /// AVX-512F; a, b hold d·n elements, ld ≥ n rounded up to 16, wt holds n·ld.
@@ -304,32 +378,44 @@ mod kernels {
         b: &[f32],
         wt: &mut [f32],
         ld: usize,
+        max: Option<&mut [f32]>,
     ) {
         let (a, b, wt) = (a.as_ptr(), b.as_ptr(), wt.as_mut_ptr());
         let full = n / KEYS * KEYS;
-        // SAFETY (both blocks): the caller's contract; query blocks start at multiples of
-        // 16 below n, so i0 + 16·V ≤ leading(n) ≤ ld.
-        query_blocks(
-            n,
-            |i0| unsafe {
-                let mask = masks::<2>(n, i0);
+        macro_rules! all_keys {
+            ($v:literal, $max:literal, $i0:expr, $at:expr) => {{
+                let mask = masks::<$v>(n, $i0);
                 for j0 in (0..full).step_by(KEYS) {
-                    scores_block::<2, KEYS>((n, d), (a, b), (i0, j0), mask, (wt, ld));
+                    scores_block::<$v, KEYS, $max>((n, d), (a, b), ($i0, j0), mask, (wt, ld), $at);
                 }
                 for j0 in full..n {
-                    scores_block::<2, 1>((n, d), (a, b), (i0, j0), mask, (wt, ld));
+                    scores_block::<$v, 1, $max>((n, d), (a, b), ($i0, j0), mask, (wt, ld), $at);
                 }
-            },
-            |i0| unsafe {
-                let mask = masks::<1>(n, i0);
-                for j0 in (0..full).step_by(KEYS) {
-                    scores_block::<1, KEYS>((n, d), (a, b), (i0, j0), mask, (wt, ld));
-                }
-                for j0 in full..n {
-                    scores_block::<1, 1>((n, d), (a, b), (i0, j0), mask, (wt, ld));
-                }
-            },
-        );
+            }};
+        }
+        // SAFETY (all blocks): the caller's contract; query blocks start at multiples of 16
+        // below n, so i0 + 16·V ≤ leading(n) ≤ ld (and ≤ max's length, asserted).
+        match max {
+            Some(max) => {
+                let top = super::leading(n);
+                assert!(max.len() >= top);
+                max[..top].fill(f32::NEG_INFINITY);
+                let at = max.as_mut_ptr();
+                query_blocks(
+                    n,
+                    |i0| unsafe { all_keys!(2, true, i0, at) },
+                    |i0| unsafe { all_keys!(1, true, i0, at) },
+                );
+            }
+            None => {
+                let at = std::ptr::null_mut();
+                query_blocks(
+                    n,
+                    |i0| unsafe { all_keys!(2, false, i0, at) },
+                    |i0| unsafe { all_keys!(1, false, i0, at) },
+                );
+            }
+        }
     }
 
     /// Channels per step of [`mix_block`].
@@ -349,7 +435,7 @@ mod kernels {
         x: *const f32,
         (i0, c0): (usize, usize),
         mask: [__mmask16; V],
-        out: *mut f32,
+        (out, scale_by): (*mut f32, *const f32),
     ) {
         let mut acc = [[_mm512_setzero_ps(); C]; V];
         for j in 0..n {
@@ -360,6 +446,15 @@ mod kernels {
                 let xv = _mm512_set1_ps(unsafe { *x.add((c0 + cc) * n + j) });
                 for v in 0..V {
                     acc[v][cc] = _mm512_fmadd_ps(w[v], xv, acc[v][cc]);
+                }
+            }
+        }
+        if !scale_by.is_null() {
+            for (v, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: lanes up to i0 + 16·V ≤ leading(n) of the caller's `scale_by`.
+                let r = unsafe { _mm512_loadu_ps(scale_by.add(i0 + 16 * v)) };
+                for value in acc.iter_mut() {
+                    *value = _mm512_mul_ps(*value, r);
                 }
             }
         }
@@ -376,7 +471,8 @@ mod kernels {
     /// [`super::mix`].
     ///
     /// # Safety
-    /// AVX-512F; wt holds n·ld with ld ≥ n rounded up to 16, x and out hold d·n.
+    /// AVX-512F; wt holds n·ld with ld ≥ n rounded up to 16, x and out hold d·n, scale_by
+    /// (if any) leading(n).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn mix(
         n: usize,
@@ -385,8 +481,16 @@ mod kernels {
         ld: usize,
         x: &[f32],
         out: &mut [MaybeUninit<f32>],
+        scale_by: Option<&[f32]>,
     ) {
-        let (wt, x, out) = (wt.as_ptr(), x.as_ptr(), out.as_mut_ptr().cast::<f32>());
+        let (wt, x) = (wt.as_ptr(), x.as_ptr());
+        let out = (
+            out.as_mut_ptr().cast::<f32>(),
+            scale_by.map_or(std::ptr::null(), |r| {
+                assert!(r.len() >= super::leading(n));
+                r.as_ptr()
+            }),
+        );
         let full = d / CHANNELS * CHANNELS;
         // SAFETY (both blocks): the caller's contract, as in `scores_t`.
         query_blocks(
@@ -467,6 +571,50 @@ mod kernels {
             let inv = _mm512_div_ps(_mm512_set1_ps(1.0), sum);
             for j in 0..n {
                 unsafe { _mm512_storeu_ps(at(j), _mm512_mul_ps(inv, _mm512_loadu_ps(at(j)))) };
+            }
+        }
+    }
+
+    /// [`super::softmax_weights_t`]'s second half: each query's column of `wt` (its scores,
+    /// whose maximum over the keys is `max[i]`) turned into e^(s·x − s·max), then divided
+    /// by its sum, or left so with 1/sum stored into `inv[i]`.
+    ///
+    /// # Safety
+    /// AVX-512F; n ≥ 1, ld ≥ n rounded up to 16, wt holds n·ld, max (and inv) leading(n).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_columns(
+        wt: &mut [f32],
+        (n, ld): (usize, usize),
+        scale: f32,
+        max: &[f32],
+        inv: Option<&mut [f32]>,
+    ) {
+        let top = super::leading(n);
+        assert!(max.len() >= top && inv.as_ref().is_none_or(|inv| inv.len() >= top));
+        let wt = wt.as_mut_ptr();
+        let s = _mm512_set1_ps(scale);
+        let inv = inv.map(|inv| inv.as_mut_ptr());
+        for i0 in (0..n).step_by(16) {
+            // SAFETY (all accesses): rows j < n, lanes i0..i0 + 16 ≤ ld, and ≤ leading(n)
+            // of max and inv.
+            let at = |j: usize| unsafe { wt.add(j * ld + i0) };
+            let m = _mm512_mul_ps(s, unsafe { _mm512_loadu_ps(max.as_ptr().add(i0)) });
+            let mut sum = _mm512_setzero_ps();
+            for j in 0..n {
+                let e = exp16(_mm512_fmsub_ps(s, unsafe { _mm512_loadu_ps(at(j)) }, m));
+                unsafe { _mm512_storeu_ps(at(j), e) };
+                sum = _mm512_add_ps(sum, e);
+            }
+            let r = _mm512_div_ps(_mm512_set1_ps(1.0), sum);
+            match inv {
+                Some(inv) => unsafe { _mm512_storeu_ps(inv.add(i0), r) },
+                None => {
+                    for j in 0..n {
+                        unsafe {
+                            _mm512_storeu_ps(at(j), _mm512_mul_ps(r, _mm512_loadu_ps(at(j))))
+                        };
+                    }
+                }
             }
         }
     }
@@ -580,19 +728,47 @@ mod tests {
             }
             let pt: Vec<f64> = (0..n * ld).map(|e| back(&wt, e)).collect();
 
-            // O = P·X, over stale values.
-            let mut out = vec![MaybeUninit::new(T::from_f64(7.0)); n * d];
-            mix(n, d, &wt, ld, &cast(&x), &mut out);
-            // SAFETY: initialised above (and overwritten by `mix`).
-            let out: Vec<T> = out
-                .into_iter()
-                .map(|v| unsafe { v.assume_init() })
-                .collect();
-            for c in 0..d {
-                for i in 0..n {
-                    let want: f64 = (0..n).map(|j| pt[j * ld + i] * x[c * n + j]).sum();
-                    let err = (back(&out, c * n + i) - want).abs();
-                    assert!(err < tolerance, "{label}: O({c}, {i}) off by {err}");
+            // The same weights in one call (the maximum tracked with the scores on AVX-512
+            // f32), normalised, and unnormalised with the sums' reciprocals.
+            let mut fused = vec![T::from_f64(7.0); n * ld];
+            softmax_weights_t((n, d), &cast(&a), &cast(&b), scale, &mut fused, ld, None);
+            let mut unnormalised = vec![T::from_f64(7.0); n * ld];
+            let mut inv = vec![T::from_f64(7.0); ld];
+            let ab = (cast(&a), cast(&b));
+            softmax_weights_t(
+                (n, d),
+                &ab.0,
+                &ab.1,
+                scale,
+                &mut unnormalised,
+                ld,
+                Some(&mut inv),
+            );
+            for i in 0..n {
+                for j in 0..n {
+                    let err = (back(&fused, j * ld + i) - p(i, j)).abs();
+                    assert!(err < tolerance, "{label}: fused P({i}, {j}) off by {err}");
+                    let e = back(&unnormalised, j * ld + i) * back(&inv, i);
+                    let err = (e - p(i, j)).abs();
+                    assert!(err < tolerance, "{label}: E({i}, {j})·r({i}) off by {err}");
+                }
+            }
+
+            // O = P·X, over stale values; and from the unnormalised weights, scaled by r.
+            for (weights, scale_by) in [(&wt, None), (&unnormalised, Some(&inv[..]))] {
+                let mut out = vec![MaybeUninit::new(T::from_f64(7.0)); n * d];
+                mix(n, d, weights, ld, &cast(&x), &mut out, scale_by);
+                // SAFETY: initialised above (and overwritten by `mix`).
+                let out: Vec<T> = out
+                    .into_iter()
+                    .map(|v| unsafe { v.assume_init() })
+                    .collect();
+                for c in 0..d {
+                    for i in 0..n {
+                        let want: f64 = (0..n).map(|j| pt[j * ld + i] * x[c * n + j]).sum();
+                        let err = (back(&out, c * n + i) - want).abs();
+                        assert!(err < tolerance, "{label}: O({c}, {i}) off by {err}");
+                    }
                 }
             }
 
