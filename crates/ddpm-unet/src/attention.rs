@@ -86,7 +86,8 @@ impl SpatialAttention {
         let attended = crate::cpu_ops::attention_qkv(&qkv, self.heads, 1.0 / (d as f64).sqrt())?
             .reshape((b, c, h, w))?;
         let out_weight = self.to_out.weight().reshape((c, c, 1, 1))?;
-        x + crate::cpu_ops::conv2d(&attended, &out_weight, self.to_out.bias(), 1, 0)?
+        // x + the output projection, the sum written by the projection.
+        crate::cpu_ops::conv2d_residual(&attended, &out_weight, self.to_out.bias(), x, 1, 0)
     }
 }
 

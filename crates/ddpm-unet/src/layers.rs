@@ -49,6 +49,19 @@ impl Conv2d {
         };
         cpu_ops::conv2d(x, &self.weight, Some(&bias), self.stride, self.padding)
     }
+
+    /// y = w ⋆ x + b + r, for r of y's shape (a residual block's skip path), added by the
+    /// convolution as it writes y.
+    pub fn forward_residual(&self, x: &Tensor, r: &Tensor) -> Result<Tensor> {
+        cpu_ops::conv2d_residual(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            r,
+            self.stride,
+            self.padding,
+        )
+    }
 }
 
 impl Module for Conv2d {

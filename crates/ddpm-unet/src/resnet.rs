@@ -82,10 +82,10 @@ impl ResnetBlock2D {
         if train && self.dropout > 0.0 {
             h = candle_nn::ops::dropout(&h, self.dropout as f32)?;
         }
-        let h = self.conv2.forward(&h)?;
+        // shortcut(x) + conv2(h), the sum written by conv2.
         match &self.conv_shortcut {
-            Some(conv) => conv.forward(x)? + h,
-            None => x + h,
+            Some(conv) => self.conv2.forward_residual(&h, &conv.forward(x)?),
+            None => self.conv2.forward_residual(&h, x),
         }
     }
 }

@@ -591,3 +591,78 @@ fn concat_channels_matches_candle_cat() {
         );
     }
 }
+
+/// The convolution that adds a residual as it writes its output, against candle's
+/// convolution plus the bias and the residual (f32, forward and all four gradients), on each
+/// of the kernel's paths: Winograd, 1×1, the horizontal taps, the general unfolding with
+/// stride 2, the transposed forward; with and without a bias. And by f64 finite differences.
+#[test]
+fn conv2d_residual_matches_candle() {
+    use ddpm_unet::cpu_ops::conv2d_residual;
+    let cases = [
+        ([2usize, 16, 10, 20], [16usize, 16, 3, 3], 1usize, 1usize),
+        ([3, 20, 9, 9], [48, 20, 1, 1], 1, 0),
+        ([3, 4, 5, 6], [4, 4, 3, 3], 1, 1),
+        ([2, 3, 9, 33], [4, 3, 3, 3], 2, 1),
+        ([2, 32, 7, 9], [64, 32, 5, 5], 1, 2),
+    ];
+    for (i, (xs, ws, stride, padding)) in cases.into_iter().enumerate() {
+        for with_bias in [true, false] {
+            let label = format!("residual case {i}, bias {with_bias}");
+            let seed = 3300 + 10 * i as u64;
+            let x = Var::from_tensor(&randn(&xs, DType::F32, seed)).unwrap();
+            let w = Var::from_tensor(&randn(&ws, DType::F32, seed + 1)).unwrap();
+            let b = Var::from_tensor(&randn(&[ws[0]], DType::F32, seed + 2)).unwrap();
+            let bias = with_bias.then_some(b.as_tensor());
+            let plain = x.conv2d(&w, padding, stride, 1, 1).unwrap();
+            let res = Var::from_tensor(&randn(plain.dims(), DType::F32, seed + 3)).unwrap();
+            let ours = conv2d_residual(&x, &w, bias, &res, stride, padding).unwrap();
+            let mut reference = (plain + res.as_tensor()).unwrap();
+            if with_bias {
+                reference = reference
+                    .broadcast_add(&b.reshape((1, ws[0], 1, 1)).unwrap())
+                    .unwrap();
+            }
+            assert_eq!(ours.dims(), reference.dims(), "{label}");
+            let err = rel_diff(&ours, &reference);
+            assert!(err < 1e-5, "{label}: forward differs by {err}");
+            let r = randn(reference.dims(), DType::F32, seed + 4);
+            let (g_ours, g_ref) = (
+                grads_of_weighted_sum(&ours, &r),
+                grads_of_weighted_sum(&reference, &r),
+            );
+            let mut vars = vec![("x", &x), ("w", &w), ("residual", &res)];
+            if with_bias {
+                vars.push(("b", &b));
+            }
+            for (name, var) in vars {
+                let (a, e) = (g_ours.get(var).unwrap(), g_ref.get(var).unwrap());
+                assert_eq!(a.dims(), e.dims(), "{label}: ∂/∂{name} shape");
+                let err = rel_diff(a, e);
+                assert!(err < 1e-5, "{label}: ∂/∂{name} differs by {err}");
+            }
+        }
+    }
+    // f64, against finite differences: a Winograd shape and a 1×1 one.
+    for (i, (xs, ws, padding)) in [
+        ([2usize, 2, 8, 8], [3usize, 2, 3, 3], 1usize),
+        ([2, 3, 4, 5], [2, 3, 1, 1], 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 3400 + 10 * i as u64;
+        let ys = [xs[0], ws[0], xs[2], xs[3]];
+        check_gradients(
+            &format!("residual case {i}, f64"),
+            &[
+                randn(&xs, DType::F64, seed),
+                randn(&ws, DType::F64, seed + 1),
+                randn(&[ws[0]], DType::F64, seed + 2),
+                randn(&ys, DType::F64, seed + 3),
+            ],
+            &|t| conv2d_residual(&t[0], &t[1], Some(&t[2]), &t[3], 1, padding).unwrap(),
+            seed + 4,
+        );
+    }
+}

@@ -684,10 +684,11 @@ unsafe fn gemm_into<T: Element>(
 /// gemm packs its first operand when the product has more than 48 columns (here, pixels).
 const UNPACKED_PIXELS: usize = 48;
 
-/// y = conv(x, w) + b, with b either per channel (O) or per sample and channel (B·O).
-fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+/// y = conv(x, w) + b (+ r), with b either per channel (O) or per sample and channel (B·O),
+/// and the residual r, when given, of y's shape.
+fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T], residual: Option<&[T]>) -> Vec<T> {
     if let Some(shape) = g.winograd() {
-        return winograd::forward(&shape, x, w, b);
+        return winograd::forward(&shape, x, w, b, residual);
     }
     let (k, ohw, per) = (g.k(), g.out_pixels(), g.c_out * g.out_pixels());
     let per_channel = b.len() == g.c_out;
@@ -695,6 +696,7 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let transposed = g.channels_as_rows();
     let by_row = (g.by_row_taps() && !transposed).then(|| weights_by_row(g, w));
     let by_row_t = transposed.then(|| weights_by_row_transposed(g, w));
+    assert!(residual.is_none_or(|r| r.len() == g.batch * per));
     let sample = |n: usize, y_n: &mut [MaybeUninit<T>], x_n: &[T]| {
         let bias = |o: usize| {
             if per_channel {
@@ -703,6 +705,7 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
                 b[n * g.c_out + o]
             }
         };
+        let r_n = residual.map(|r| &r[n * per..][..per]);
         if let Some(by_row_t) = &by_row_t {
             // y_nᵀ (pixels × O) = Σ_u (rows shifted by u image rows)ᵀ · W_uᵀ, in products of
             // at most 48 pixels (see `channels_as_rows`), then transposed back with the bias.
@@ -728,16 +731,20 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
                 }
                 for (o, row) in y_n.chunks_mut(ohw).enumerate() {
                     let b_o = bias(o);
-                    for (slot, &v) in row.iter_mut().zip(y_t[o..].iter().step_by(g.c_out)) {
-                        slot.write(v + b_o);
+                    for (j, (slot, &v)) in row
+                        .iter_mut()
+                        .zip(y_t[o..].iter().step_by(g.c_out))
+                        .enumerate()
+                    {
+                        slot.write(v + b_o + r_n.map_or(T::ZERO, |r| r[o * ohw + j]));
                     }
                 }
             });
             return;
         }
-        // Each sample's output starts as the bias (gemm adds onto it), written just before
-        // its gemms, while it is in cache, and never zero-filled.
-        let y_n = element::fill_rows(y_n, ohw, bias);
+        // Each sample's output starts as the bias (and the residual; gemm adds onto it),
+        // written just before its gemms, while it is in cache, and never zero-filled.
+        let y_n = element::fill_rows(y_n, ohw, bias, r_n);
         if let Some(by_row) = &by_row {
             // y_n += Σ_u W_u · rows shifted by u image rows.
             let (row_taps, plane) = (g.c_in * g.kw, g.padded_plane());
@@ -841,7 +848,7 @@ fn flip_transpose<T: Element>(g: &Geometry, w: &[T]) -> Vec<T> {
 fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
     if let Some(transposed) = g.transposed() {
         let no_bias = vec![T::ZERO; g.c_in];
-        return forward(&transposed, grad, &flip_transpose(g, w), &no_bias);
+        return forward(&transposed, grad, &flip_transpose(g, w), &no_bias, None);
     }
     let (k, ohw) = (g.k(), g.out_pixels());
     let parallelism = g.gemm_parallelism();
@@ -1110,7 +1117,7 @@ impl CustomOp3 for Conv2dOp {
                     let x = contiguous::<T>(s1, l1, "ddpm-conv2d")?;
                     let w = contiguous::<T>(s2, l2, "ddpm-conv2d")?;
                     let b = contiguous::<T>(s3, l3, "ddpm-conv2d")?;
-                    Ok((T::storage(forward(&g, x, w, b)), shape))
+                    Ok((T::storage(forward(&g, x, w, b, None)), shape))
                 })
             },
         )
@@ -1152,6 +1159,99 @@ impl CustomOp3 for Conv2dOp {
         let dw = packed.narrow(0, 0, n)?.reshape(w.shape())?;
         let db = packed.narrow(0, n, b.elem_count())?.reshape(b.shape())?;
         Ok((dx, Some(dw), Some(db)))
+    }
+}
+
+/// The forward op on (x, [w; b], r): y = conv(x, w) + b + r, the weight and the per-channel
+/// bias packed into one vector (candle's custom ops take three inputs) and the residual r of
+/// y's shape.
+struct Conv2dResidualOp {
+    stride: usize,
+    padding: usize,
+    weight: Shape,
+}
+
+impl CustomOp3 for Conv2dResidualOp {
+    fn name(&self) -> &'static str {
+        "ddpm-conv2d-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.shape(), &self.weight, self.stride, self.padding)?;
+        let n = self.weight.elem_count();
+        if l2.dims() != [n + g.c_out] {
+            candle_core::bail!(
+                "conv2d: packed weight and bias {:?}, expected [{}]",
+                l2.dims(),
+                n + g.c_out
+            );
+        }
+        let shape = Shape::from((g.batch, g.c_out, g.oh, g.ow));
+        if l3.shape() != &shape {
+            candle_core::bail!(
+                "conv2d: residual {:?}, expected the output's {:?}",
+                l3.dims(),
+                shape.dims()
+            );
+        }
+        super::profile::time(
+            "conv2d",
+            || g.label(),
+            || {
+                dispatch!(s1, "ddpm-conv2d-residual", |T| {
+                    let x = contiguous::<T>(s1, l1, "ddpm-conv2d-residual")?;
+                    let (w, b) = contiguous::<T>(s2, l2, "ddpm-conv2d-residual")?.split_at(n);
+                    let r = contiguous::<T>(s3, l3, "ddpm-conv2d-residual")?;
+                    Ok((T::storage(forward(&g, x, w, b, Some(r))), shape))
+                })
+            },
+        )
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wb: &Tensor,
+        _r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let w = wb
+            .narrow(0, 0, self.weight.elem_count())?
+            .reshape(&self.weight)?;
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(
+                &w,
+                &Conv2dGradInput {
+                    stride: self.stride,
+                    padding: self.padding,
+                    h: x.dim(2)?,
+                    w: x.dim(3)?,
+                },
+            )?)
+        } else {
+            None
+        };
+        // [∂L/∂w; ∂L/∂b], packed as the input.
+        let dwb = x.apply_op2_no_bwd(
+            &grad,
+            &Conv2dGradWeight {
+                stride: self.stride,
+                padding: self.padding,
+                weight: self.weight.clone(),
+                per_sample_bias: false,
+            },
+        )?;
+        Ok((dx, Some(dwb), Some(grad)))
     }
 }
 
@@ -1242,6 +1342,40 @@ impl CustomOp2 for Conv2dGradWeight {
             },
         )
     }
+}
+
+/// conv2d(x, weight) + bias + residual, the residual of the output's shape (a residual
+/// block's skip path) added by the convolution as it writes its output, instead of by a
+/// separate addition that reads both and writes a third tensor. On the CPU in f32/f64 the
+/// kernel of [`conv2d`], whose bias may only be per channel here; elsewhere [`conv2d`] and
+/// an addition.
+pub fn conv2d_residual(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if !super::applies_to(x) || bias.is_some_and(|b| b.rank() != 1) {
+        return conv2d(x, weight, bias, stride, padding)? + residual;
+    }
+    let bias = match bias {
+        Some(b) => b.clone(),
+        None => Tensor::zeros(weight.dim(0)?, x.dtype(), x.device())?,
+    };
+    // The weight and the bias in one vector (a copy of the weights: small against the
+    // activations).
+    let packed = Tensor::cat(&[&weight.flatten_all()?, &bias], 0)?;
+    x.contiguous()?.apply_op3(
+        &packed,
+        &residual.contiguous()?,
+        Conv2dResidualOp {
+            stride,
+            padding,
+            weight: weight.shape().clone(),
+        },
+    )
 }
 
 /// conv2d(x, weight) + bias with symmetric `padding`: the hand-written kernel on the CPU in

@@ -237,15 +237,36 @@ pub(crate) fn contiguous<'a, T: Element>(
 /// elements, the last possibly shorter) and returns it as initialised: how an output that
 /// starts as a constant per row (a convolution's bias) is written once, without the zero-fill
 /// of `vec![0; len]` first.
-pub(crate) fn fill_rows<T: Element>(
-    part: &mut [MaybeUninit<T>],
+///
+/// With `plus`, as long as `part`, row i is `value(i)` + its elements instead (a residual
+/// added by the op that writes the output).
+pub(crate) fn fill_rows<'a, T: Element>(
+    part: &'a mut [MaybeUninit<T>],
     row: usize,
     value: impl Fn(usize) -> T,
-) -> &mut [T] {
-    for (i, r) in part.chunks_mut(row.max(1)).enumerate() {
-        let x = value(i);
-        for slot in r {
-            slot.write(x);
+    plus: Option<&[T]>,
+) -> &'a mut [T] {
+    match plus {
+        None => {
+            for (i, r) in part.chunks_mut(row.max(1)).enumerate() {
+                let x = value(i);
+                for slot in r {
+                    slot.write(x);
+                }
+            }
+        }
+        Some(plus) => {
+            assert_eq!(plus.len(), part.len());
+            for (i, (r, p)) in part
+                .chunks_mut(row.max(1))
+                .zip(plus.chunks(row.max(1)))
+                .enumerate()
+            {
+                let x = value(i);
+                for (slot, &p) in r.iter_mut().zip(p) {
+                    slot.write(x + p);
+                }
+            }
         }
     }
     // SAFETY: the loop above wrote every element of `part`, and MaybeUninit<T> has T's

@@ -377,10 +377,11 @@ unsafe fn by_rows_and_columns<const GRAD: bool>(
 }
 
 vectorized_fn!(
-    /// Y = Aᵀ M A + bias for a block of `samples` samples, written into `y` (their outputs,
-    /// O planes each); M holds 36 matrices O × `stride` in [`input_transform`]'s layout.
-    /// `bias(sample, o)` gives the bias of a block sample's output channel. `scratch` holds
-    /// 16·`stride` elements.
+    /// Y = Aᵀ M A + bias (+ R) for a block of `samples` samples, written into `y` (their
+    /// outputs, O planes each); M holds 36 matrices O × `stride` in [`input_transform`]'s
+    /// layout. `addends`: `bias(sample, o)`, the bias of a block sample's output channel,
+    /// and the residual (laid out as `y`) to add, if any. `scratch` holds 16·`stride`
+    /// elements.
     ///
     /// f32 on AVX-512 CPUs, output channel by output channel, the inverse of
     /// [`input_transform`]'s stages: the 16 outputs (a, b) of 16 tiles at a time
@@ -398,18 +399,25 @@ vectorized_fn!(
         samples: usize,
         stride: usize,
         y: &mut [MaybeUninit<T>],
-        bias: &(dyn Fn(usize, usize) -> T + Sync),
+        addends: (&(dyn Fn(usize, usize) -> T + Sync), Option<&[T]>),
         scratch: &mut [T],
     ) => output_transform_generic {
+        let (bias, residual) = addends;
         let (plane, tiles, tc) = (s.plane(), s.tiles(), s.tile_cols());
         let m_stride = matrix_stride(s.c_out, stride);
         assert!(y.len() >= samples * s.c_out * plane && m.len() >= XI * m_stride);
+        assert!(residual.is_none_or(|r| r.len() >= samples * s.c_out * plane));
         assert!(scratch.len() >= 16 * stride && samples * tiles <= stride);
         assert!(stride.is_multiple_of(LANES));
         #[cfg(target_arch = "x86_64")]
         if super::avx512::available() {
-            if let (Some(m), Some(rows), Some(y)) =
-                (T::as_f32(m), T::as_f32_mut(scratch), T::as_f32_uninit(y))
+            // The residual as f32 too, when given.
+            let residual = match residual {
+                None => Some(None),
+                Some(r) => T::as_f32(r).map(Some),
+            };
+            if let (Some(m), Some(rows), Some(y), Some(residual)) =
+                (T::as_f32(m), T::as_f32_mut(scratch), T::as_f32_uninit(y), residual)
             {
                 let pitch = 4 * tc;
                 for o in 0..s.c_out {
@@ -428,13 +436,15 @@ vectorized_fn!(
                     }
                     for sample in 0..samples {
                         let b = T::as_f32(std::slice::from_ref(&bias(sample, o))).map_or(0.0, |b| b[0]);
-                        let dst = &mut y[(sample * s.c_out + o) * plane..][..plane];
+                        let first = (sample * s.c_out + o) * plane;
+                        let dst = &mut y[first..][..plane];
                         for (row, dst) in dst.chunks_exact_mut(s.w).enumerate() {
                             let (ty, a) = (row / 4, row % 4);
                             let at = a * 4 * stride + (sample * s.tile_rows() + ty) * pitch;
+                            let r = residual.map(|r| &r[first + row * s.w..][..s.w]);
                             // SAFETY: AVX-512F is available; the row's W ≤ 4⌈W/4⌉ positions
                             // lie in buffer a.
-                            unsafe { kernels::copy_row(&rows[at..at + s.w], b, dst) };
+                            unsafe { kernels::copy_row(&rows[at..at + s.w], b, r, dst) };
                         }
                     }
                 }
@@ -456,7 +466,9 @@ vectorized_fn!(
                     for (bx, &value) in row.iter().enumerate() {
                         let (yy, xx) = (y0 + a, x0 + bx);
                         if yy < s.h && xx < s.w {
-                            y[(sample * s.c_out + o) * plane + yy * s.w + xx].write(value + b);
+                            let at = (sample * s.c_out + o) * plane + yy * s.w + xx;
+                            let r = residual.map_or(T::ZERO, |r| r[at]);
+                            y[at].write(value + b + r);
                         }
                     }
                 }
@@ -803,14 +815,19 @@ mod kernels {
         }
     }
 
-    /// `dst[x] = src[x] + bias` for a row.
+    /// `dst[x] = src[x] + bias (+ residual[x])` for a row.
     ///
     /// # Safety
-    /// AVX-512F; `src` is as long as `dst`.
+    /// AVX-512F; `src` (and `residual`) is as long as `dst`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn copy_row(src: &[f32], bias: f32, dst: &mut [MaybeUninit<f32>]) {
+    pub(super) unsafe fn copy_row(
+        src: &[f32],
+        bias: f32,
+        residual: Option<&[f32]>,
+        dst: &mut [MaybeUninit<f32>],
+    ) {
         let n = dst.len();
-        assert!(src.len() >= n);
+        assert!(src.len() >= n && residual.is_none_or(|r| r.len() >= n));
         let (b, from, to) = (
             _mm512_set1_ps(bias),
             src.as_ptr(),
@@ -818,10 +835,13 @@ mod kernels {
         );
         for x in (0..n).step_by(LANES) {
             let mask = super::super::avx512::tail_mask((n - x).min(LANES));
-            // SAFETY: the lanes on lie in both rows (asserted above).
+            // SAFETY: the lanes on lie in the rows (asserted above).
             unsafe {
-                let value = _mm512_maskz_loadu_ps(mask, from.add(x));
-                _mm512_mask_storeu_ps(to.add(x), mask, _mm512_add_ps(value, b));
+                let mut value = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, from.add(x)), b);
+                if let Some(r) = residual {
+                    value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, r.as_ptr().add(x)));
+                }
+                _mm512_mask_storeu_ps(to.add(x), mask, value);
             }
         }
     }
@@ -938,15 +958,23 @@ fn weight_products<T: Element>(
     }
 }
 
-/// y = conv(x, w) + b for a 3×3 kernel w (O, C, 3, 3), stride 1 and padding 1; b is per
-/// output channel (O) or per sample and channel (B·O).
-pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+/// y = conv(x, w) + b (+ r) for a 3×3 kernel w (O, C, 3, 3), stride 1 and padding 1; b is
+/// per output channel (O) or per sample and channel (B·O), and the residual r, when given,
+/// has y's shape.
+pub(super) fn forward<T: Element>(
+    s: &Shape3x3,
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    residual: Option<&[T]>,
+) -> Vec<T> {
     let u = filter_transform(s, w);
     let plan = Plan::new(s, s.block(FORWARD_BLOCK_TILES));
     let per_channel = b.len() == s.c_out;
     let (group, block, plane) = (s.group(), plan.block, s.plane());
     let (in_per, out_per) = (s.c_in * plane, s.c_out * plane);
     let len = s.batch * out_per;
+    assert!(residual.is_none_or(|r| r.len() == len));
     let most = s.columns(block);
     let mut y = Vec::with_capacity(len);
     y.spare_capacity_mut()[..len]
@@ -987,13 +1015,14 @@ pub(super) fn forward<T: Element>(s: &Shape3x3, x: &[T], w: &[T], b: &[T]) -> Ve
                                 &mut m[xi * matrix_stride(s.c_out, stride)..],
                             );
                         }
+                        let r = residual.map(|r| &r[(index * group + first) * out_per..]);
                         output_transform(
                             s,
                             m,
                             n,
                             stride,
                             &mut y_g[first * out_per..],
-                            &bias,
+                            (&bias, r),
                             small,
                         );
                     }
@@ -1209,9 +1238,15 @@ mod tests {
                 values(s.c_out, seed + 2),
                 values(s.batch * s.c_out, seed + 3),
             ] {
-                let err = max_abs_diff(&forward(s, &x, &w, &b), &direct(s, &x, &w, &b));
+                let exact = direct(s, &x, &w, &b);
+                let err = max_abs_diff(&forward(s, &x, &w, &b, None), &exact);
                 // Sums of at most 9·C products of values below 1: rounding alone is < 1e-13.
                 assert!(err < 1e-12, "{s:?}: differs by {err}");
+                // With a residual added as the output is written.
+                let r = values(exact.len(), seed + 4);
+                let plus: Vec<f64> = exact.iter().zip(&r).map(|(y, r)| y + r).collect();
+                let err = max_abs_diff(&forward(s, &x, &w, &b, Some(&r)), &plus);
+                assert!(err < 1e-12, "{s:?}: with a residual, differs by {err}");
             }
         }
     }
@@ -1242,13 +1277,26 @@ mod tests {
             let x = values(s.batch * s.c_in * s.plane(), seed);
             let w = values(s.c_out * s.c_in * 9, seed + 1);
             let b = values(s.c_out, seed + 2);
-            let y = forward(s, &to32(&x), &to32(&w), &to32(&b));
+            // With a residual (the network's skip paths) on every other shape.
+            let r = values(s.batch * s.c_out * s.plane(), seed + 3);
+            let with_r = i % 2 == 1;
+            let y = forward(
+                s,
+                &to32(&x),
+                &to32(&w),
+                &to32(&b),
+                with_r.then(|| to32(&r)).as_deref(),
+            );
             // F(4×4, 3×3) rounds more than the direct sum: the transforms' coefficients (up
             // to 5 in Bᵀ, 8 in Aᵀ, 1/24 in G) scale the rounding errors of the transformed
             // values, and the 36 products of each tile cancel to give outputs smaller than
             // themselves. Measured here: 1e-7 to 6e-6 of the result's scale (direct f32
             // sums: about 2e-7). A misplaced element or a wrong coefficient is off by O(1).
-            let err = worst(&y, &direct(s, &x, &w, &b));
+            let mut exact = direct(s, &x, &w, &b);
+            if with_r {
+                exact.iter_mut().zip(&r).for_each(|(y, r)| *y += r);
+            }
+            let err = worst(&y, &exact);
             assert!(err < 2e-5, "{s:?}: f32 differs by {err}");
         }
     }
