@@ -34,7 +34,7 @@ use candle_core::{DType, Tensor};
 
 pub use attention::{attention, attention_channels_first, attention_qkv};
 pub use concat::concat_channels;
-pub use conv2d::conv2d;
+pub use conv2d::{conv2d, conv2d_residual};
 pub use group_norm::group_norm;
 pub use simd::{simd_level, SimdLevel};
 pub use softmax::softmax_last_dim;
