@@ -742,6 +742,43 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T], residual: Option
             });
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        if g.is_pointwise() && super::avx512::available() {
+            let b_n = if per_channel {
+                b
+            } else {
+                &b[n * g.c_out..][..g.c_out]
+            };
+            let r32 = match r_n {
+                None => Some(None),
+                Some(r) => T::as_f32(r).map(Some),
+            };
+            if let (Some(y32), Some(w32), Some(x32), Some(b32), Some(r32)) = (
+                T::as_f32_uninit(y_n),
+                T::as_f32(w),
+                T::as_f32(x_n),
+                T::as_f32(b_n),
+                r32,
+            ) {
+                use super::unpacked_gemm::{product, Start};
+                let start = match r32 {
+                    None => Start::Rows(b32),
+                    Some(r) => Start::RowsPlus(b32, r),
+                };
+                // SAFETY: AVX-512F is available; y_n holds O rows of OHW, w O rows of C,
+                // x_n C rows of OHW (k = C), and the residual y_n's layout.
+                unsafe {
+                    product(
+                        (g.c_out, k, ohw),
+                        (w32, k),
+                        (x32, ohw),
+                        (y32.as_mut_ptr().cast::<f32>(), ohw),
+                        start,
+                    )
+                };
+                return;
+            }
+        }
         // Each sample's output starts as the bias (and the residual; gemm adds onto it),
         // written just before its gemms, while it is in cache, and never zero-filled.
         let y_n = element::fill_rows(y_n, ohw, bias, r_n);
@@ -856,7 +893,37 @@ fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
         // dx_n = Wᵀ·g_n, written whole: no zeroed buffer to allocate first.
         let len = g.batch * g.in_size();
         let mut dx = Vec::with_capacity(len);
+        // On AVX-512 CPUs in f32, by the unpacked kernel from Wᵀ (C × O) stored as such.
+        #[cfg(target_arch = "x86_64")]
+        let wt: Option<Vec<f32>> = super::avx512::available()
+            .then(|| T::as_f32(w))
+            .flatten()
+            .map(|w| {
+                let mut wt = vec![0.0f32; w.len()];
+                for (o, row) in w.chunks_exact(k).enumerate() {
+                    for (c, &v) in row.iter().enumerate() {
+                        wt[c * g.c_out + o] = v;
+                    }
+                }
+                wt
+            });
         let sample = |_: usize, dx_n: &mut [MaybeUninit<T>], g_n: &[T]| {
+            #[cfg(target_arch = "x86_64")]
+            if let (Some(wt), Some(g32), Some(dx32)) = (&wt, T::as_f32(g_n), T::as_f32_uninit(dx_n))
+            {
+                // SAFETY: AVX-512F is available (`wt` exists only then); dx_n holds C rows of
+                // OHW, wt C rows of O, g_n O rows of OHW.
+                unsafe {
+                    super::unpacked_gemm::product(
+                        (k, g.c_out, ohw),
+                        (wt, g.c_out),
+                        (g32, ohw),
+                        (dx32.as_mut_ptr().cast::<f32>(), ohw),
+                        super::unpacked_gemm::Start::Zero,
+                    )
+                };
+                return;
+            }
             matmul_uninit(k, ohw, g.c_out, dx_n, w, (1, k), g_n, (ohw, 1), parallelism)
         };
         for_each_sample(
@@ -958,7 +1025,11 @@ fn pointwise_grad_weight(g: &Geometry, x: &[f32], dy: &[f32], dwt: &mut [f32]) -
                     (other, pixels),
                     (t, narrow),
                     (acc.as_mut_ptr(), narrow),
-                    n > 0,
+                    if n > 0 {
+                        super::unpacked_gemm::Start::Accumulate
+                    } else {
+                        super::unpacked_gemm::Start::Zero
+                    },
                 );
             }
         }

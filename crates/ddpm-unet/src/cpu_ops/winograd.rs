@@ -867,7 +867,7 @@ fn products<T: Element>(s: &Shape3x3, stride: usize, u: &[T], v: &[T], m: &mut [
                     (u, s.c_in),
                     (v, stride),
                     (out, stride),
-                    false,
+                    unpacked_gemm::Start::Zero,
                 )
             };
             return;
@@ -934,7 +934,11 @@ fn weight_products<T: Element>(
                         (&v[xi * v_stride..], stride),
                         (zt, s.c_out),
                         (dut[xi * kernels..][..kernels].as_mut_ptr(), s.c_out),
-                        accumulate,
+                        if accumulate {
+                            unpacked_gemm::Start::Accumulate
+                        } else {
+                            unpacked_gemm::Start::Zero
+                        },
                     );
                 }
             }
