@@ -61,7 +61,7 @@ fn grads_of_weighted_sum(y: &Tensor, r: &Tensor) -> candle_core::backprop::GradS
 /// - the forward is computed transposed, pixel by channel, for at least 64 output channels
 ///   (a multiple of 16) and at most 196 pixels, unless Winograd takes it (cases 13 and 14,
 ///   63 and 30 pixels, the first in two products of 48 and 15).
-const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 24] = [
+const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 25] = [
     ([4, 3, 7, 9], [5, 3, 3, 3], 1, 1),
     ([3, 4, 8, 8], [4, 4, 3, 3], 2, 1),
     ([3, 4, 9, 7], [2, 4, 3, 3], 2, 0),
@@ -93,6 +93,8 @@ const CONV_CASES: [([usize; 4], [usize; 4], usize, usize); 24] = [
     ([5, 32, 9, 9], [48, 32, 1, 1], 1, 0),
     ([3, 16, 5, 7], [13, 16, 1, 1], 1, 0),
     ([3, 20, 9, 9], [48, 20, 1, 1], 1, 0),
+    // 1×1 with one sample: with more threads than samples, gemm splits each product.
+    ([1, 16, 5, 7], [32, 16, 1, 1], 1, 0),
     // Stride 2, 3×3, padding 1 (the downsampling convolution), 17 output columns: its
     // unfolding by chunks of 15 and 2 on AVX-512 CPUs, with an odd height.
     ([2, 3, 9, 33], [4, 3, 3, 3], 2, 1),

@@ -742,8 +742,10 @@ fn forward<T: Element>(g: &Geometry, x: &[T], w: &[T], b: &[T], residual: Option
             });
             return;
         }
+        // 1×1 on AVX-512 CPUs in f32: the unpacked kernel, one sample per thread (with fewer
+        // samples than threads, gemm splits each product over the threads instead).
         #[cfg(target_arch = "x86_64")]
-        if g.is_pointwise() && super::avx512::available() {
+        if g.is_pointwise() && unpacked_applies(parallelism) {
             let b_n = if per_channel {
                 b
             } else {
@@ -893,9 +895,10 @@ fn grad_input<T: Element>(g: &Geometry, grad: &[T], w: &[T]) -> Vec<T> {
         // dx_n = Wᵀ·g_n, written whole: no zeroed buffer to allocate first.
         let len = g.batch * g.in_size();
         let mut dx = Vec::with_capacity(len);
-        // On AVX-512 CPUs in f32, by the unpacked kernel from Wᵀ (C × O) stored as such.
+        // On AVX-512 CPUs in f32, by the unpacked kernel from Wᵀ (C × O) stored as such, one
+        // sample per thread (as the forward).
         #[cfg(target_arch = "x86_64")]
-        let wt: Option<Vec<f32>> = super::avx512::available()
+        let wt: Option<Vec<f32>> = unpacked_applies(parallelism)
             .then(|| T::as_f32(w))
             .flatten()
             .map(|w| {
@@ -976,6 +979,14 @@ vectorized_fn!(
     /// Σ of one row.
     fn row_sum<T: Element>(row: &[T]) -> f64 => element::sum
 );
+
+/// Whether the 1×1 convolutions take [`unpacked_gemm`](super::unpacked_gemm)'s kernel: on
+/// AVX-512 CPUs, when each sample's products run on one thread (`Parallelism::None`, a
+/// sample or more per thread); the caller checks for f32.
+#[cfg(target_arch = "x86_64")]
+fn unpacked_applies(parallelism: Parallelism) -> bool {
+    matches!(parallelism, Parallelism::None) && super::avx512::available()
+}
 
 /// ∂L/∂Wᵀ (C × O) = Σ_n x_n·g_nᵀ over the samples of `x` and `dy` for a
 /// [pointwise](Geometry::is_pointwise) convolution, into `dwt`, on AVX-512 CPUs when C or O
@@ -1062,7 +1073,7 @@ fn grad_weight_bias<T: Element>(
     let partial = |(x_chunk, g_chunk): (&[T], &[T])| -> Vec<T> {
         let mut dwt = vec![T::ZERO; k * o];
         #[cfg(target_arch = "x86_64")]
-        if g.is_pointwise() {
+        if g.is_pointwise() && unpacked_applies(parallelism) {
             if let (Some(x), Some(dy), Some(out)) = (
                 T::as_f32(x_chunk),
                 T::as_f32(g_chunk),
