@@ -1213,35 +1213,48 @@ impl CustomOp3 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        // The first convolution's input, the noisy image, needs no gradient.
-        let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(
-                w,
-                &Conv2dGradInput {
-                    stride: self.stride,
-                    padding: self.padding,
-                    h: x.dim(2)?,
-                    w: x.dim(3)?,
-                },
-            )?)
-        } else {
-            None
-        };
-        let packed = x.apply_op2_no_bwd(
-            &grad,
-            &Conv2dGradWeight {
-                stride: self.stride,
-                padding: self.padding,
-                weight: w.shape().clone(),
-                per_sample_bias: b.rank() == 2,
-            },
-        )?;
+        let (dx, packed) = gradients(x, w, grad, (self.stride, self.padding), b.rank() == 2)?;
         let n = w.elem_count();
         let dw = packed.narrow(0, 0, n)?.reshape(w.shape())?;
         let db = packed.narrow(0, n, b.elem_count())?.reshape(b.shape())?;
         Ok((dx, Some(dw), Some(db)))
     }
+}
+
+/// The backward of a convolution on x with kernel w and output gradient `grad`: ∂L/∂x (none
+/// when x tracks no gradient, as the first convolution's input, the noisy image), and
+/// [∂L/∂w; ∂L/∂b] packed in one vector (b per channel, or per sample and channel).
+fn gradients(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    (stride, padding): (usize, usize),
+    per_sample_bias: bool,
+) -> Result<(Option<Tensor>, Tensor)> {
+    let grad = grad.contiguous()?;
+    let dx = if x.track_op() {
+        Some(grad.apply_op2_no_bwd(
+            w,
+            &Conv2dGradInput {
+                stride,
+                padding,
+                h: x.dim(2)?,
+                w: x.dim(3)?,
+            },
+        )?)
+    } else {
+        None
+    };
+    let packed = x.apply_op2_no_bwd(
+        &grad,
+        &Conv2dGradWeight {
+            stride,
+            padding,
+            weight: w.shape().clone(),
+            per_sample_bias,
+        },
+    )?;
+    Ok((dx, packed))
 }
 
 /// The forward op on (x, [w; b], r): y = conv(x, w) + b + r, the weight and the per-channel
@@ -1306,34 +1319,12 @@ impl CustomOp3 for Conv2dResidualOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
         let w = wb
             .narrow(0, 0, self.weight.elem_count())?
             .reshape(&self.weight)?;
-        let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(
-                &w,
-                &Conv2dGradInput {
-                    stride: self.stride,
-                    padding: self.padding,
-                    h: x.dim(2)?,
-                    w: x.dim(3)?,
-                },
-            )?)
-        } else {
-            None
-        };
         // [∂L/∂w; ∂L/∂b], packed as the input.
-        let dwb = x.apply_op2_no_bwd(
-            &grad,
-            &Conv2dGradWeight {
-                stride: self.stride,
-                padding: self.padding,
-                weight: self.weight.clone(),
-                per_sample_bias: false,
-            },
-        )?;
-        Ok((dx, Some(dwb), Some(grad)))
+        let (dx, dwb) = gradients(x, &w, grad, (self.stride, self.padding), false)?;
+        Ok((dx, Some(dwb), Some(grad.clone())))
     }
 }
 
