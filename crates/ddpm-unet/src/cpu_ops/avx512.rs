@@ -208,7 +208,7 @@ pub(super) unsafe fn transpose(
     (rows, columns): (usize, usize),
     dst: *mut f32,
 ) {
-    debug_assert!(rows.is_multiple_of(16));
+    assert!(rows.is_multiple_of(16));
     for r0 in (0..rows).step_by(16) {
         for t0 in (0..columns).step_by(16) {
             let width = (columns - t0).min(16);
