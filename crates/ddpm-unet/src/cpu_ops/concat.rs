@@ -150,9 +150,13 @@ impl CustomOp1 for Slice {
 }
 
 /// [a; b] along the channels of two (B, C, H, W) tensors that differ only in C: on the CPU
-/// in f32/f64 the parallel op above; elsewhere `Tensor::cat`.
+/// in f32/f64 the parallel op above; elsewhere (and for empty tensors) `Tensor::cat`.
 pub fn concat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if super::applies_to(a) && a.dtype() == b.dtype() && a.rank() == 4 && b.rank() == 4 {
+    let both = |f: fn(&Tensor) -> bool| f(a) && f(b);
+    if super::applies_to(a)
+        && a.dtype() == b.dtype()
+        && both(|t| t.rank() == 4 && t.elem_count() > 0)
+    {
         return a.contiguous()?.apply_op2(&b.contiguous()?, Concat);
     }
     Tensor::cat(&[a, b], 1)
