@@ -592,6 +592,16 @@ fn concat_channels_matches_candle_cat() {
             "{label}: [a; a]"
         );
     }
+    // No channels on one side: the other, unchanged.
+    let b = randn(&[2, 3, 3, 5], DType::F32, 3190);
+    let none = Tensor::zeros((2, 0, 3, 5), DType::F32, &Device::Cpu).unwrap();
+    for joined in [concat_channels(&none, &b), concat_channels(&b, &none)] {
+        assert_eq!(
+            rel_diff(&joined.unwrap(), &b),
+            0.0,
+            "concat with no channels"
+        );
+    }
 }
 
 /// The convolution that adds a residual as it writes its output, against candle's
