@@ -10,8 +10,9 @@
 //! bias (and a residual) start the accumulators instead of being written into Y_n for gemm
 //! to read back, and rows of 196 or 49 pixels end in a masked vector. Session 14, the
 //! network's 1×1 convolutions alternated call by call: forward 24.30 / 21.85 → 19.59 /
-//! 19.09 ms, forward and backward 96.97 / 85.30 → 82.08 / 79.06 ms. (Session 13's version,
-//! with the bias but without the masked rows, was no faster than gemm.)
+//! 19.09 ms, forward and backward 96.97 / 85.30 → 82.08 / 79.06 ms. (Session 13's try, the
+//! bias in the accumulators with the kernel then limited to rows of whole vectors, measured
+//! no faster than gemm; what made this one faster was not isolated.)
 
 use std::arch::x86_64::*;
 
